@@ -1,0 +1,25 @@
+"""The original GAN on the 8-Gaussian ring (PacGAN geometry: radius 1, sigma 0.01).
+
+MLP generator and discriminator, non-saturating loss, Adam. Shows mode collapse: compare the
+modes captured with ring_wgan_gp.py (`python -m jaxgan.evaluate`, or the scatter in samples/).
+"""
+from jaxgan.config import adam, base_config
+
+
+def get_config():
+    c = base_config()
+    c.data.name = "ring"
+    c.model.arch = "mlp"
+    c.model.z_dim = 2
+    c.model.hidden = (256, 256, 256)
+    c.model.g_norm = "none"
+    c.model.d_norm = "none"
+    c.loss.name = "gan"
+    c.optim.g = adam(1e-4, 0.5, 0.999)
+    c.optim.d = adam(1e-4, 0.5, 0.999)
+    c.train.steps = 4000
+    c.train.batch_size = 256
+    c.train.log_every = 200
+    c.train.sample_every = 1000
+    c.train.checkpoint_every = 2000
+    return c

@@ -1,0 +1,91 @@
+"""Orbax checkpoints of a run: the whole GANState, the generator alone, and the recipe.
+
+The generator is saved as its own item so `jaxgan.sample` and `jaxgan.evaluate` restore a few
+megabytes instead of both optimizers and the critic. Orbax writes each step to a temporary
+directory and renames it when complete, so a crash mid-save leaves the previous step restorable.
+"""
+from __future__ import annotations
+
+import os
+
+import jax
+import ml_collections
+import orbax.checkpoint as ocp
+
+from jaxgan.state import GANState
+
+CHECKPOINT_DIR = "checkpoints"
+
+
+class CheckpointError(ValueError):
+    """No usable checkpoint where one was expected; the message says what to do."""
+
+
+def checkpoint_dir(workdir: str) -> str:
+    return os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
+
+
+def manager(workdir: str, keep: int = 3, create: bool = True) -> ocp.CheckpointManager:
+    options = ocp.CheckpointManagerOptions(
+        create=create,
+        preservation_policy=ocp.checkpoint_managers.LatestN(keep),
+        enable_async_checkpointing=True)
+    return ocp.CheckpointManager(checkpoint_dir(workdir), options=options)
+
+
+def save(mngr: ocp.CheckpointManager, state: GANState, config) -> None:
+    """Saves asynchronously at state.step; call `mngr.wait_until_finished()` before exiting."""
+    step = int(jax.device_get(state.step))
+    if step in mngr.all_steps():
+        return
+    mngr.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state),
+        generator=ocp.args.StandardSave({"params": state.g_params, "stats": state.g_stats}),
+        config=ocp.args.JsonSave(config.to_dict())))
+
+
+def restore_state(mngr: ocp.CheckpointManager, abstract_state: GANState,
+                  step: int | None = None) -> GANState:
+    """The full state at `step` (latest by default), laid out like `abstract_state`."""
+    step = mngr.latest_step() if step is None else step
+    restored = mngr.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract_state)))
+    return restored.state
+
+
+def _existing(workdir: str) -> ocp.CheckpointManager:
+    if not os.path.isdir(workdir):
+        raise CheckpointError(f"workdir {workdir!r} does not exist; train first with "
+                              f"`python -m jaxgan.train --workdir {workdir}`")
+    if not os.path.isdir(checkpoint_dir(workdir)):
+        raise CheckpointError(f"no checkpoints in {workdir!r}; train first with "
+                              f"`python -m jaxgan.train --workdir {workdir}`")
+    return manager(workdir, create=False)
+
+
+def resolve_step(mngr: ocp.CheckpointManager, workdir: str, step: int | None) -> int:
+    steps = mngr.all_steps()
+    if not steps:
+        raise CheckpointError(f"no complete checkpoint in {workdir!r}")
+    if step is None:
+        return max(steps)
+    if step not in steps:
+        raise CheckpointError(f"no checkpoint at step {step} in {workdir!r}; available: "
+                              f"{', '.join(map(str, sorted(steps)))}")
+    return step
+
+
+def load_config(workdir: str, step: int | None = None) -> tuple[ml_collections.ConfigDict, int]:
+    """The recipe a checkpoint was trained with, and the resolved step."""
+    mngr = _existing(workdir)
+    step = resolve_step(mngr, workdir, step)
+    restored = mngr.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
+    return ml_collections.ConfigDict(restored.config), step
+
+
+def restore_generator(workdir: str, abstract: dict, step: int) -> dict:
+    """{"params", "stats"} of the generator alone (the critic and optimizers stay on disk)."""
+    mngr = _existing(workdir)
+    restored = mngr.restore(step, args=ocp.args.Composite(
+        generator=ocp.args.StandardRestore(abstract)))
+    return restored.generator

@@ -1,0 +1,166 @@
+"""The recipe schema: every hyper-parameter a user may change, with its paper default.
+
+Recipes in `configs/` start from `base_config()` and change what they need. `validate()` runs
+before anything is compiled or written, so a bad recipe costs a one-line error, not a run.
+"""
+from __future__ import annotations
+
+import difflib
+
+import ml_collections
+
+LOSSES = ("gan", "wgan", "wgan-gp")
+NORMS = ("batch", "instance", "layer", "none")
+ARCHS = ("mlp", "dcgan")
+MIXTURES = ("ring", "grid")
+
+
+class ConfigError(ValueError):
+    """A recipe that cannot work; the message names the fix."""
+
+
+def base_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+
+    c.data = ml_collections.ConfigDict()
+    c.data.name = "digits"          # digits (ships with scikit-learn), ring, grid, folder, or a TFDS name
+    c.data.split = "train"
+    c.data.data_dir = ""            # TFDS data_dir; "" means TFDS's default (~/tensorflow_datasets)
+    c.data.path = ""                # image folder for name="folder"
+    c.data.image_size = 32
+    c.data.channels = 1
+    c.data.limit = 0                # use only the first N examples (0: all); for quick experiments
+
+    c.model = ml_collections.ConfigDict()
+    c.model.arch = "dcgan"          # mlp (Goodfellow et al. 2014) or dcgan (Radford et al. 2016)
+    c.model.z_dim = 100
+    c.model.g_width = 64            # DCGAN: channels of the last hidden layer (feature_dim in HW6)
+    c.model.d_width = 64
+    c.model.g_norm = "batch"
+    c.model.d_norm = "batch"
+    c.model.g_kernel = 4            # transposed-conv kernel; HW6 uses 5 (padding 2, output_padding 1)
+    c.model.hidden = (512, 512)     # MLP hidden widths (generator and discriminator)
+
+    c.loss = ml_collections.ConfigDict()
+    c.loss.name = "gan"             # gan | wgan | wgan-gp
+    c.loss.generator = "non_saturating"  # gan only: non_saturating (-log D(G(z))) or minimax
+    c.loss.gp_weight = 10.0         # wgan-gp lambda (Gulrajani et al. 2017)
+    c.loss.clip = 0.01              # wgan weight clipping c (Arjovsky et al. 2017)
+
+    c.optim = ml_collections.ConfigDict()
+    c.optim.g = _adam(2e-4, 0.5, 0.999)   # DCGAN (Radford et al. 2016)
+    c.optim.d = _adam(2e-4, 0.5, 0.999)
+
+    c.train = ml_collections.ConfigDict()
+    c.train.steps = 2000            # generator updates
+    c.train.batch_size = 64
+    c.train.n_critic = 1            # critic updates per generator update
+    c.train.log_every = 50
+    c.train.sample_every = 500      # fixed-noise sample grid
+    c.train.checkpoint_every = 1000
+    c.train.keep_checkpoints = 3
+    c.train.num_grid = 64           # images in each sample grid
+    c.train.steps_per_call = 1      # steps fused into one compiled call (small models: 10-100)
+    c.train.critic_loop = "auto"    # n_critic loop: scan | unrolled | auto (unrolled on CPU)
+    return c
+
+
+def _adam(lr: float, b1: float, b2: float) -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict(
+            dict(name="adam", lr=lr, b1=b1, b2=b2, eps=1e-8, decay=0.99))
+
+
+def rmsprop(lr: float) -> ml_collections.ConfigDict:
+    """RMSprop as PyTorch defines it (alpha 0.99, eps 1e-8 outside the root)."""
+    return ml_collections.ConfigDict(
+            dict(name="rmsprop", lr=lr, b1=0.0, b2=0.0, eps=1e-8, decay=0.99))
+
+
+adam = _adam
+
+
+def is_mixture(config) -> bool:
+    return config.data.name in MIXTURES
+
+
+def check_keys(config, reference=None, prefix="") -> None:
+    """Unknown keys are typos: name the nearest valid one."""
+    reference = base_config() if reference is None else reference
+    for key in config.keys():
+        if key not in reference:
+            near = difflib.get_close_matches(key, list(reference.keys()), n=1)
+            hint = f"; did you mean '{prefix}{near[0]}'?" if near else ""
+            raise ConfigError(f"unknown config key '{prefix}{key}'{hint}")
+        value, ref = config[key], reference[key]
+        if isinstance(ref, ml_collections.ConfigDict):
+            if not isinstance(value, ml_collections.ConfigDict):
+                raise ConfigError(f"config key '{prefix}{key}' must be a group, got {value!r}")
+            check_keys(value, ref, prefix=f"{prefix}{key}.")
+
+
+def image_base(size: int) -> int:
+    """The starting resolution of a DCGAN that doubles up to `size` (4 or 7)."""
+    for base in (4, 7):
+        s = size
+        while s > base and s % 2 == 0:
+            s //= 2
+        if s == base and size > base:
+            return base
+    raise ConfigError(
+            f"data.image_size={size} cannot be built by doubling from 4x4 or 7x7; "
+            "use 16, 28, 32, 56, 64 or 128, or set model.arch='mlp'")
+
+
+def validate(config) -> None:
+    """Raises ConfigError with a one-line message for recipes that cannot work."""
+    check_keys(config)
+    c = config
+    if c.loss.name not in LOSSES:
+        raise ConfigError(f"loss.name={c.loss.name!r}; choose one of {', '.join(LOSSES)}")
+    if c.loss.generator not in ("non_saturating", "minimax"):
+        raise ConfigError("loss.generator must be 'non_saturating' or 'minimax'")
+    if c.model.arch not in ARCHS:
+        raise ConfigError(f"model.arch={c.model.arch!r}; choose one of {', '.join(ARCHS)}")
+    for side in ("g_norm", "d_norm"):
+        if c.model[side] not in NORMS:
+            raise ConfigError(f"model.{side}={c.model[side]!r}; choose one of {', '.join(NORMS)}")
+    if c.loss.name == "wgan-gp" and c.model.d_norm == "batch":
+        raise ConfigError(
+                "critic uses batch norm, which breaks the per-sample gradient penalty; "
+                "set model.d_norm='layer' (or 'instance' / 'none')")
+    if c.model.arch == "mlp" and "instance" in (c.model.g_norm, c.model.d_norm):
+        raise ConfigError("instance norm needs feature maps; use 'batch', 'layer' or 'none' with mlp")
+    if int(c.train.n_critic) < 1:
+        raise ConfigError(f"train.n_critic={c.train.n_critic}; it must be at least 1")
+    for name in ("steps", "batch_size", "log_every", "sample_every", "checkpoint_every",
+                              "keep_checkpoints", "num_grid", "steps_per_call"):
+        if int(c.train[name]) < 1:
+            raise ConfigError(f"train.{name}={c.train[name]}; it must be at least 1")
+    if c.train.critic_loop not in ("auto", "scan", "unrolled"):
+        raise ConfigError(f"train.critic_loop={c.train.critic_loop!r}; use auto, scan or unrolled")
+    if int(c.model.z_dim) < 1:
+        raise ConfigError(f"model.z_dim={c.model.z_dim}; it must be at least 1")
+    for side in ("g", "d"):
+        o = c.optim[side]
+        if o.name not in ("adam", "rmsprop"):
+            raise ConfigError(f"optim.{side}.name={o.name!r}; choose 'adam' or 'rmsprop'")
+        if not float(o.lr) > 0:
+            raise ConfigError(f"optim.{side}.lr={o.lr}; it must be positive")
+    if c.loss.name == "wgan" and not float(c.loss.clip) > 0:
+        raise ConfigError(f"loss.clip={c.loss.clip}; wgan needs a positive clipping bound")
+    if is_mixture(c):
+        if c.model.arch != "mlp":
+            raise ConfigError(
+                    f"data.name={c.data.name!r} is 2D points; a conv model cannot take them: set model.arch='mlp'")
+    else:
+        if c.data.channels not in (1, 3):
+            raise ConfigError(f"data.channels={c.data.channels}; use 1 (grey) or 3 (RGB)")
+        if int(c.data.image_size) < 4:
+            raise ConfigError(f"data.image_size={c.data.image_size} is too small")
+        if c.model.arch == "dcgan":
+            image_base(int(c.data.image_size))
+            if int(c.model.g_kernel) < 2:
+                raise ConfigError("model.g_kernel must be at least 2")
+        if c.data.name == "folder" and not c.data.path:
+            raise ConfigError("data.name='folder' needs data.path=DIR (a folder of images)")

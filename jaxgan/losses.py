@@ -1,0 +1,75 @@
+"""GAN, WGAN and WGAN-GP objectives as pure functions of critic outputs.
+
+Critic outputs are raw logits / scores `f32[B]`. The registry `LOSSES` maps `config.loss.name` to
+a `Loss`; the step reads nothing else from here.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+
+
+def gan_critic_loss(real_logits: Array, fake_logits: Array) -> Array:
+    """Binary cross-entropy, real -> 1 and fake -> 0, on logits (Goodfellow et al. 2014).
+
+    -log sigmoid(l) = softplus(-l) and -log(1 - sigmoid(l)) = softplus(l): stable for any logit.
+    """
+    return jnp.mean(jax.nn.softplus(-real_logits)) + jnp.mean(jax.nn.softplus(fake_logits))
+
+
+def gan_generator_loss(fake_logits: Array, form: str = "non_saturating") -> Array:
+    """non_saturating: E[-log D(G(z))]; minimax: E[log(1 - D(G(z)))] (saturates early on)."""
+    if form == "non_saturating":
+        return jnp.mean(jax.nn.softplus(-fake_logits))
+    if form == "minimax":
+        return -jnp.mean(jax.nn.softplus(fake_logits))
+    raise ValueError(f"unknown generator loss form {form!r}")
+
+
+def wgan_critic_loss(real_scores: Array, fake_scores: Array) -> Array:
+    """-E[D(x)] + E[D(G(z))] (Arjovsky et al. 2017): minimising it maximises the W1 estimate."""
+    return jnp.mean(fake_scores) - jnp.mean(real_scores)
+
+
+def wgan_generator_loss(fake_scores: Array, form: str = "") -> Array:
+    """-E[D(G(z))]."""
+    del form
+    return -jnp.mean(fake_scores)
+
+
+def interpolate(real: Array, fake: Array, eps: Array) -> Array:
+    """xhat = eps * x + (1 - eps) * G(z); eps: f32[B] broadcast over the example's dims."""
+    eps = eps.reshape((-1,) + (1,) * (real.ndim - 1))
+    return eps * real + (1.0 - eps) * fake
+
+
+def gradient_penalty(critic: Callable[[Array], Array], xhat: Array) -> tuple[Array, Array]:
+    """(E[(||grad_xhat D(xhat)||_2 - 1)^2], per-example norms f32[B]) (Gulrajani et al. 2017).
+
+    The gradient of sum_i D(xhat_i) w.r.t. xhat is the per-example gradient only when examples do
+    not interact inside D, which is why a batch-norm critic is rejected by config validation.
+    """
+    grads = jax.grad(lambda x: jnp.sum(critic(x)))(xhat)
+    sq = jnp.sum(jnp.square(grads.reshape((grads.shape[0], -1))), axis=1)
+    norms = jnp.sqrt(sq + 1e-12)  # finite gradient of the penalty where the gradient vanishes
+    return jnp.mean(jnp.square(norms - 1.0)), norms
+
+
+@dataclasses.dataclass(frozen=True)
+class Loss:
+    critic: Callable[[Array, Array], Array]
+    generator: Callable[..., Array]
+    penalty: bool = False   # adds gp_weight * gradient_penalty to the critic loss
+    clip: bool = False      # clips critic weights to [-c, c] after every critic update
+
+
+LOSSES: dict[str, Loss] = {
+    "gan": Loss(gan_critic_loss, gan_generator_loss),
+    "wgan": Loss(wgan_critic_loss, wgan_generator_loss, clip=True),
+    "wgan-gp": Loss(wgan_critic_loss, wgan_generator_loss, penalty=True),
+}

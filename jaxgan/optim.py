@@ -1,0 +1,46 @@
+"""Optax chains for the generator and the critic; WGAN weight clipping is a chain link."""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from jaxgan.losses import LOSSES
+
+
+def clip_weights(c: float) -> optax.GradientTransformation:
+    """Last link of a chain: turns the update into one that lands every weight in [-c, c].
+
+    Arjovsky et al. 2017 clip after each critic update; as a link, the clipped update is
+    clip(p + u) - p, so `optax.apply_updates` yields the clipped weights (to rounding).
+    """
+
+    def init_fn(params):
+        del params
+        return optax.EmptyState()
+
+    def update_fn(updates, state, params=None):
+        if params is None:
+            raise ValueError("clip_weights needs params: call tx.update(grads, state, params)")
+        updates = jax.tree.map(lambda u, p: jnp.clip(p + u, -c, c) - p, updates, params)
+        return updates, state
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
+def optimizer(cfg) -> optax.GradientTransformation:
+    """Adam or RMSprop (PyTorch's definition: eps added outside the root, alpha=decay)."""
+    if cfg.name == "adam":
+        return optax.adam(cfg.lr, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps)
+    if cfg.name == "rmsprop":
+        return optax.rmsprop(cfg.lr, decay=cfg.decay, eps=cfg.eps, eps_in_sqrt=False)
+    raise ValueError(f"unknown optimizer {cfg.name!r}")
+
+
+def make(config) -> tuple[optax.GradientTransformation, optax.GradientTransformation]:
+    """(generator_tx, critic_tx) for a recipe."""
+    g_tx = optimizer(config.optim.g)
+    d_tx = optimizer(config.optim.d)
+    if LOSSES[config.loss.name].clip:
+        d_tx = optax.chain(d_tx, clip_weights(float(config.loss.clip)))
+    return g_tx, d_tx

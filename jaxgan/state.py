@@ -1,0 +1,57 @@
+"""GANState: everything a run needs to continue exactly, as one pytree Orbax saves whole."""
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+from jaxgan import data as data_lib
+
+# Fixed stream ids under the run's seed key (DESIGN.md habit 11: randomness = f(seed, step)).
+STREAM_INIT, STREAM_STEP, STREAM_DATA, STREAM_GRID = 0, 1, 2, 3
+
+
+@struct.dataclass
+class GANState:
+    step: jax.Array          # i32[]: generator updates done
+    g_params: Any
+    g_stats: Any             # generator batch-norm statistics ({} without batch norm)
+    d_params: Any
+    d_stats: Any
+    g_opt: Any
+    d_opt: Any
+    key: jax.Array           # u32[2] root key; per-step keys are fold_in(key, step)
+    data: data_lib.DataPosition
+
+
+def split_variables(variables) -> tuple[Any, Any]:
+    variables = dict(variables)
+    params = variables.pop("params")
+    return params, variables.get("batch_stats", {})
+
+
+def variables(params, stats) -> dict:
+    return {"params": params, "batch_stats": stats} if stats else {"params": params}
+
+
+def create(seed: int, generator, critic, g_tx, d_tx, z_dim: int, example_shape,
+           num_examples: int) -> GANState:
+    """Initial state from the seed alone (same seed -> same parameters, same data order)."""
+    key = jax.random.PRNGKey(seed)  # raw uint32[2]: Orbax saves it like any array
+    k_init = jax.random.fold_in(key, STREAM_INIT)
+    k_g, k_d = jax.random.split(k_init)
+    z = jnp.zeros((2, z_dim), jnp.float32)
+    x = jnp.zeros((2, *example_shape), jnp.float32)
+    g_params, g_stats = split_variables(generator.init(k_g, z, train=False))
+    d_params, d_stats = split_variables(critic.init(k_d, x, train=False))
+    return GANState(
+        step=jnp.int32(0), g_params=g_params, g_stats=g_stats, d_params=d_params,
+        d_stats=d_stats, g_opt=g_tx.init(g_params), d_opt=d_tx.init(d_params), key=key,
+        data=data_lib.init_position(jax.random.fold_in(key, STREAM_DATA), num_examples))
+
+
+def grid_noise(key: jax.Array, n: int, z_dim: int) -> jax.Array:
+    """The fixed noise of the progress grids: the same z at every step of a run."""
+    return jax.random.normal(jax.random.fold_in(key, STREAM_GRID), (n, z_dim))

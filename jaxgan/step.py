@@ -1,0 +1,166 @@
+"""The compiled training step: n_critic critic updates (lax.scan) then one generator update.
+
+Pure: `(state, data) -> (state, metrics)`. Real batches are gathered from the device-resident
+dataset inside the step; noise comes from fold_in(key, step), so the step is a function of the
+state alone and a resumed run repeats an uninterrupted one bit for bit.
+
+Data parallel: with a `batch_sharding` (NamedSharding over the 'data' mesh axis) the real and
+fake batches are split over devices and XLA inserts the gradient all-reduce; batch-norm moments
+are computed over the global batch, so N devices compute what one device computes.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from jaxgan import data as data_lib
+from jaxgan import losses as losses_lib
+from jaxgan import state as state_lib
+from jaxgan.state import GANState
+
+
+def apply_fn(model) -> Callable:
+    """(params, stats, x, train) -> (out, new_stats); stats thread through batch norm."""
+
+    def apply(params, stats, x, train: bool):
+        v = state_lib.variables(params, stats)
+        if not train:
+            return model.apply(v, x, train=False), stats
+        out, mutated = model.apply(v, x, train=True, mutable=["batch_stats"])
+        return out, mutated.get("batch_stats", stats)
+
+    return apply
+
+
+def make_train_step(generator, critic, g_tx, d_tx, config,
+                    batch_sharding=None) -> Callable[[GANState, dict], tuple[GANState, dict]]:
+    """Builds the (uncompiled) step for a recipe; `jax.jit` it once."""
+    loss = losses_lib.LOSSES[config.loss.name]
+    n_critic = int(config.train.n_critic)
+    batch = int(config.train.batch_size)
+    z_dim = int(config.model.z_dim)
+    gp_weight = float(config.loss.gp_weight)
+    form = config.loss.generator
+    g_apply, d_apply = apply_fn(generator), apply_fn(critic)
+
+    critic_loop = scan_or_unroll(loop_kind(config.train.critic_loop))
+
+    def shard(x):
+        return x if batch_sharding is None else jax.lax.with_sharding_constraint(x, batch_sharding)
+
+    def critic_update(state: GANState, data: dict, step_key, data_key, i):
+        k_z, k_eps, k_sample = jax.random.split(jax.random.fold_in(step_key, i), 3)
+        real, position = data_lib.next_batch(state.data, data, data_key, k_sample, batch)
+        real = shard(real)
+        z = shard(jax.random.normal(k_z, (batch, z_dim)))
+        fake, g_stats = g_apply(state.g_params, state.g_stats, z, True)
+        fake = jax.lax.stop_gradient(fake)
+
+        def loss_fn(d_params):
+            real_out, stats = d_apply(d_params, state.d_stats, real, True)
+            fake_out, stats = d_apply(d_params, stats, fake, True)
+            value = loss.critic(real_out, fake_out)
+            metrics = {"d/real": jnp.mean(real_out), "d/fake": jnp.mean(fake_out),
+                       "d/wasserstein": jnp.mean(real_out) - jnp.mean(fake_out)}
+            if loss.penalty:
+                xhat = losses_lib.interpolate(real, fake, jax.random.uniform(k_eps, (batch,)))
+                gp, norms = losses_lib.gradient_penalty(
+                    lambda x: d_apply(d_params, stats, x, True)[0], xhat)
+                value = value + gp_weight * gp
+                metrics.update({"d/gp": gp, "d/gp_grad_norm": jnp.mean(norms)})
+            metrics["d/loss"] = value
+            return value, (stats, metrics)
+
+        (_, (d_stats, metrics)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.d_params)
+        updates, d_opt = d_tx.update(grads, state.d_opt, state.d_params)
+        metrics["d/grad_norm"] = optax.global_norm(grads)
+        state = state.replace(d_params=optax.apply_updates(state.d_params, updates),
+                              d_stats=d_stats, d_opt=d_opt, g_stats=g_stats, data=position)
+        return state, metrics
+
+    def generator_update(state: GANState, step_key):
+        z = shard(jax.random.normal(jax.random.fold_in(step_key, n_critic), (batch, z_dim)))
+
+        def loss_fn(g_params):
+            fake, g_stats = g_apply(g_params, state.g_stats, z, True)
+            out, d_stats = d_apply(state.d_params, state.d_stats, fake, True)
+            return loss.generator(out, form), (g_stats, d_stats)
+
+        (value, (g_stats, d_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            state.g_params)
+        updates, g_opt = g_tx.update(grads, state.g_opt, state.g_params)
+        state = state.replace(g_params=optax.apply_updates(state.g_params, updates),
+                              g_stats=g_stats, d_stats=d_stats, g_opt=g_opt)
+        return state, {"g/loss": value, "g/grad_norm": optax.global_norm(grads)}
+
+    def train_step(state: GANState, data: dict) -> tuple[GANState, dict[str, Any]]:
+        step_key = jax.random.fold_in(jax.random.fold_in(state.key, state_lib.STREAM_STEP),
+                                      state.step)
+        data_key = jax.random.fold_in(state.key, state_lib.STREAM_DATA)
+
+        def body(s, i):
+            return critic_update(s, data, step_key, data_key, i)
+
+        state, d_metrics = critic_loop(body, state, n_critic)
+        state, g_metrics = generator_update(state, step_key)
+        metrics = {k: jnp.mean(v) for k, v in d_metrics.items()}
+        metrics.update(g_metrics)
+        return state.replace(step=state.step + 1), metrics
+
+    return train_step
+
+
+def loop_kind(kind: str, backend: str | None = None) -> str:
+    """'auto' -> 'unrolled' on CPU, 'scan' elsewhere.
+
+    XLA:CPU runs convolutions inside a while loop (what lax.scan lowers to) about 8x slower than
+    the same convolutions in straight-line code (BUILD_NOTES.md, scripts/benchmark.py), so on
+    CPU the n_critic loop is unrolled at trace time: still one compiled program per step, no
+    host round-trip, just n_critic copies of the critic update in it.
+    """
+    if kind != "auto":
+        return kind
+    return "unrolled" if (backend or jax.default_backend()) == "cpu" else "scan"
+
+
+def scan_or_unroll(kind: str) -> Callable:
+    """A drop-in for `lax.scan(body, carry, jnp.arange(n))` that can unroll at trace time."""
+
+    def scan(body, carry, n):
+        return jax.lax.scan(body, carry, jnp.arange(n))
+
+    def unrolled(body, carry, n):
+        outs = []
+        for i in range(n):
+            carry, out = body(carry, jnp.int32(i))
+            outs.append(out)
+        return carry, jax.tree.map(lambda *xs: jnp.stack(xs), *outs)
+
+    if kind not in ("scan", "unrolled"):
+        raise ValueError(f"unknown loop kind {kind!r}; use auto, scan or unrolled")
+    return scan if kind == "scan" else unrolled
+
+
+def repeat_step(train_step: Callable, num_steps: int) -> Callable:
+    """`num_steps` steps in one compiled call (scan); metrics are those of the last step.
+
+    Small models (2D mixtures, MLPs) are bound by per-call dispatch, not arithmetic.
+    """
+    if num_steps == 1:
+        return train_step
+
+    def multi(state, data):
+        state, metrics = jax.lax.scan(lambda s, _: train_step(s, data), state, None,
+                                      length=num_steps)
+        return state, jax.tree.map(lambda m: m[-1], metrics)
+
+    return multi
+
+
+def make_sampler(generator) -> Callable:
+    """(g_params, g_stats, z) -> samples in eval mode (running batch-norm statistics)."""
+    g_apply = apply_fn(generator)
+    return lambda params, stats, z: g_apply(params, stats, z, False)[0]

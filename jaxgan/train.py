@@ -1,0 +1,304 @@
+"""`python -m jaxgan.train --config configs/NAME.py --workdir DIR [--config.a.b=v ...]`
+
+The only module (with sample/evaluate) that touches files, flags and signals. The library entry
+point is `train_and_evaluate(config, workdir)`, which the tests call too.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import signal
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxgan import checkpoint as ckpt_lib
+from jaxgan import config as config_lib
+from jaxgan import data as data_lib
+from jaxgan import images as images_lib
+from jaxgan import models
+from jaxgan import optim
+from jaxgan import state as state_lib
+from jaxgan import step as step_lib
+
+DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                              "configs", "default.py")
+
+# Keys that fix the shapes of the saved state: a workdir cannot continue under other values.
+STRUCTURAL_KEYS = ("data.name", "data.split", "data.image_size", "data.channels", "data.limit",
+                   "data.path", "model", "loss.name", "optim.g.name", "optim.d.name")
+
+
+class DivergenceError(RuntimeError):
+    """A non-finite loss or parameter; the last good checkpoint is kept."""
+
+
+class _StopFlag:
+    """Set by SIGINT/SIGTERM; the loop saves a checkpoint at the next step boundary."""
+
+    def __init__(self):
+        self.signum = None
+
+    def __call__(self, signum, frame):
+        del frame
+        if self.signum is not None:  # a second Ctrl-C while saving: let the user insist
+            raise KeyboardInterrupt
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def _stop_on_signals():
+    flag = _StopFlag()
+    if sys.modules["threading"].current_thread() is not sys.modules["threading"].main_thread():
+        yield flag
+        return
+    old = {s: signal.signal(s, flag) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield flag
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def _lookup(config, dotted: str):
+    value = config
+    for part in dotted.split("."):
+        value = value[part]
+    return value.to_dict() if hasattr(value, "to_dict") else value
+
+
+def check_compatible(saved, config, workdir: str) -> None:
+    """A workdir continues only under a recipe with the same shapes of state."""
+    for key in STRUCTURAL_KEYS:
+        try:
+            old = _lookup(saved, key)
+        except KeyError:
+            old = None
+        new = _lookup(config, key)
+        if isinstance(old, (list, tuple)) or isinstance(new, (list, tuple)):
+            old, new = json.loads(json.dumps(old)), json.loads(json.dumps(new))
+        if old != new:
+            raise config_lib.ConfigError(
+                f"workdir {workdir!r} holds checkpoints of another recipe ({key}: {old!r} there, "
+                f"{new!r} now); use a new --workdir or the recipe it was trained with")
+
+
+def _sharding():
+    """(mesh-wide replicated sharding, batch sharding or None) over all local devices."""
+    devices = jax.devices()
+    if len(devices) == 1:
+        return None, None
+    mesh = jax.sharding.Mesh(np.array(devices), ("data",))
+    P = jax.sharding.PartitionSpec
+    return (jax.sharding.NamedSharding(mesh, P()), jax.sharding.NamedSharding(mesh, P("data")))
+
+
+def _steps_per_call(config) -> int:
+    every = [int(config.train[k]) for k in ("log_every", "sample_every", "checkpoint_every")]
+    return max(1, min(int(config.train.steps_per_call), *every))
+
+
+class _Logs:
+    """metrics.jsonl (always) and TensorBoard event files (when tensorboardX imports)."""
+
+    def __init__(self, workdir: str):
+        self.path = os.path.join(workdir, "metrics.jsonl")
+        self.tb = None
+        try:
+            from tensorboardX import SummaryWriter
+            self.tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+        except Exception:  # logging must never stop training
+            self.tb = None
+
+    def scalars(self, step: int, metrics: dict) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps({"step": step, **metrics}) + "\n")
+        if self.tb is not None:
+            for k, v in metrics.items():
+                self.tb.add_scalar(k, v, step)
+
+    def image(self, step: int, name: str, image: np.ndarray) -> None:
+        if self.tb is not None:
+            self.tb.add_image(name, image, step, dataformats="HWC")
+
+    def close(self):
+        if self.tb is not None:
+            self.tb.close()
+
+
+def _save_samples(workdir: str, step: int, sampler, state, z, dataset, logs) -> str:
+    out = sampler(state.g_params, state.g_stats, z)
+    if dataset.is_mixture:
+        path = os.path.join(workdir, "samples", f"step_{step:07d}.png")
+        images_lib.scatter_png(path, np.asarray(out), dataset.centers)
+        return path
+    grid = images_lib.make_grid(images_lib.to_uint8(out))
+    path = os.path.join(workdir, "samples", f"step_{step:07d}.png")
+    images_lib.save_png(path, grid)
+    logs.image(step, "samples", grid)
+    return path
+
+
+def train_and_evaluate(config, workdir: str, progress: bool = True, log=print):
+    """Trains (or resumes) the recipe in `workdir`; returns (final state, last metrics).
+
+    Raises ConfigError / DataError / CheckpointError before anything is compiled or written when
+    the recipe, data or workdir cannot work, and DivergenceError on a non-finite loss.
+    """
+    config_lib.validate(config)
+    mngr = None
+    if os.path.isdir(ckpt_lib.checkpoint_dir(workdir)):
+        mngr = ckpt_lib.manager(workdir, keep=int(config.train.keep_checkpoints))
+        if mngr.latest_step() is not None:
+            saved, _ = ckpt_lib.load_config(workdir)
+            check_compatible(saved, config, workdir)
+    dataset = data_lib.load(config)
+    replicated, batch_sharding = _sharding()
+    if batch_sharding is not None and config.train.batch_size % jax.device_count():
+        raise config_lib.ConfigError(
+            f"train.batch_size={config.train.batch_size} does not split over "
+            f"{jax.device_count()} devices; use a multiple of {jax.device_count()}")
+
+    os.makedirs(workdir, exist_ok=True)
+    mngr = mngr or ckpt_lib.manager(workdir, keep=int(config.train.keep_checkpoints))
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+        json.dump(config.to_dict(), f, indent=2, default=str)
+
+    generator, critic = models.build(config)
+    g_tx, d_tx = optim.make(config)
+    state = state_lib.create(int(config.seed), generator, critic, g_tx, d_tx,
+                             int(config.model.z_dim), models.data_shape(config),
+                             dataset.num_examples)
+    if mngr.latest_step() is not None:
+        state = ckpt_lib.restore_state(mngr, state)
+        log(f"resumed from step {int(state.step)} in {workdir}")
+    if dataset.skipped:
+        log(f"skipped {dataset.skipped} unreadable image files")
+    if replicated is not None:
+        state = jax.device_put(state, replicated)
+    device_data = data_lib.device_data(dataset, replicated)
+
+    train_step = step_lib.make_train_step(generator, critic, g_tx, d_tx, config, batch_sharding)
+    per_call = _steps_per_call(config)
+    compiled = {}
+
+    def run(state, k):
+        if k not in compiled:
+            compiled[k] = jax.jit(step_lib.repeat_step(train_step, k), donate_argnums=0)
+        return compiled[k](state, device_data)
+
+    sampler = jax.jit(step_lib.make_sampler(generator))
+    grid_z = state_lib.grid_noise(state.key, int(config.train.num_grid), int(config.model.z_dim))
+    if dataset.is_mixture:
+        grid_z = jax.random.normal(jax.random.fold_in(state.key, state_lib.STREAM_GRID),
+                                   (2500, int(config.model.z_dim)))
+    logs = _Logs(workdir)
+    total = int(config.train.steps)
+    t = config.train
+    step = int(jax.device_get(state.step))
+    images_per_step = int(t.batch_size) * int(t.n_critic)
+    metrics_host: dict = {}
+
+    def crossed(prev: int, now: int, every: int) -> bool:
+        return now // every > prev // every or now == total
+
+    bar = None
+    if progress:
+        from tqdm import tqdm
+        bar = tqdm(total=total, initial=step, desc="train", unit="step", dynamic_ncols=True,
+                   file=sys.stderr)
+    last_time, last_step = time.perf_counter(), step
+    try:
+        with _stop_on_signals() as stop:
+            while step < total:
+                k = min(per_call, total - step)
+                prev = step
+                state, metrics = run(state, k)
+                step += k
+                if bar is not None:
+                    bar.update(k)
+                if crossed(prev, step, int(t.log_every)):
+                    metrics_host = {key: float(v) for key, v in jax.device_get(metrics).items()}
+                    _check_finite(metrics_host, step)
+                    now = time.perf_counter()
+                    rate = (step - last_step) / max(now - last_time, 1e-9)
+                    last_time, last_step = now, step
+                    metrics_host["train/steps_per_sec"] = rate
+                    metrics_host["train/images_per_sec"] = rate * images_per_step
+                    logs.scalars(step, metrics_host)
+                    if bar is not None:
+                        bar.set_postfix({"d": f"{metrics_host['d/loss']:.3f}",
+                                         "g": f"{metrics_host['g/loss']:.3f}",
+                                         "img/s": f"{metrics_host['train/images_per_sec']:.0f}"})
+                if crossed(prev, step, int(t.sample_every)):
+                    _save_samples(workdir, step, sampler, state, grid_z, dataset, logs)
+                if crossed(prev, step, int(t.checkpoint_every)) or stop.signum is not None:
+                    _check_state_finite(state, step)
+                    ckpt_lib.save(mngr, state, config)
+                if stop.signum is not None:
+                    mngr.wait_until_finished()
+                    name = signal.Signals(stop.signum).name
+                    log(f"{name}: saved a checkpoint at step {step}; resume with the same "
+                        f"command (python -m jaxgan.train ... --workdir {workdir})")
+                    return state, metrics_host
+    finally:
+        if bar is not None:
+            bar.close()
+        mngr.wait_until_finished()
+        logs.close()
+    return state, metrics_host
+
+
+def _check_finite(metrics: dict, step: int) -> None:
+    bad = sorted(k for k, v in metrics.items() if not math.isfinite(v))
+    if bad:
+        raise DivergenceError(
+            f"non-finite {', '.join(bad)} at step {step}; the last good checkpoint is kept. "
+            "Lower the learning rates or try loss.name='wgan-gp'")
+
+
+def _check_state_finite(state, step: int) -> None:
+    finite = jax.tree.map(lambda x: jnp.all(jnp.isfinite(x)),
+                          (state.g_params, state.d_params))
+    if not all(bool(v) for v in jax.tree.leaves(jax.device_get(finite))):
+        raise DivergenceError(
+            f"non-finite parameters at step {step}; not saving over the last good checkpoint. "
+            "Lower the learning rates or try loss.name='wgan-gp'")
+
+
+def main(argv=None) -> int:
+    from absl import app, flags, logging
+    from ml_collections import config_flags
+
+    config_flags.DEFINE_config_file("config", DEFAULT_CONFIG, "Recipe file (configs/*.py).",
+                                    lock_config=True)
+    flags.DEFINE_string("workdir", "runs/default", "Where checkpoints, samples and logs go.")
+    flags.DEFINE_bool("progress", True, "Show a tqdm progress bar.")
+
+    def _main(argv):
+        if len(argv) > 1:
+            raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+        logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO
+        f = flags.FLAGS
+        try:
+            train_and_evaluate(f.config, f.workdir, progress=f.progress)
+        except (config_lib.ConfigError, data_lib.DataError, ckpt_lib.CheckpointError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(2)
+        except DivergenceError as e:
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(3)
+        print(f"done: samples in {os.path.join(f.workdir, 'samples')}, checkpoints in "
+              f"{ckpt_lib.checkpoint_dir(f.workdir)}")
+
+    app.run(_main, argv=argv)
+    return 0
+
+
+if __name__ == "__main__":
+    main()
