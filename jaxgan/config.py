@@ -24,13 +24,20 @@ def base_config() -> ml_collections.ConfigDict:
     c.seed = 0
 
     c.data = ml_collections.ConfigDict()
-    c.data.name = "digits"          # digits (ships with scikit-learn), ring, grid, folder, or a TFDS name
+    c.data.name = "digits"          # digits (ships with scikit-learn), ring, grid, folder,
+                                    # stacked_mnist, or a TFDS name (mnist, cifar10, celeb_a, ...)
     c.data.split = "train"
-    c.data.data_dir = ""            # TFDS data_dir; "" means TFDS's default (~/tensorflow_datasets)
+    c.data.data_dir = ""            # TFDS data_dir(s), ':'-separated; "" = $TFDS_DATA_DIR or
+                                    # ~/tensorflow_datasets
     c.data.path = ""                # image folder for name="folder"
     c.data.image_size = 32
     c.data.channels = 1
     c.data.limit = 0                # use only the first N examples (0: all); for quick experiments
+    c.data.download = False         # prepare a missing TFDS dataset (needs jaxgan[prepare] and the
+                                    # network); False: fail at once with the command to run
+    c.data.num_examples = 128_000   # stacked_mnist: examples built from the seed (PacGAN, VEEGAN)
+    c.data.device_budget_mb = 4096  # uint8 datasets up to this size live on the device and are
+                                    # gathered in the step; larger ones stream (data.Prefetcher)
 
     c.model = ml_collections.ConfigDict()
     c.model.arch = "dcgan"          # mlp (Goodfellow et al. 2014) or dcgan (Radford et al. 2016)
@@ -162,5 +169,7 @@ def validate(config) -> None:
             image_base(int(c.data.image_size))
             if int(c.model.g_kernel) < 2:
                 raise ConfigError("model.g_kernel must be at least 2")
+        if c.data.name == "stacked_mnist" and int(c.data.channels) != 3:
+            raise ConfigError("stacked_mnist has one digit per RGB channel: set data.channels=3")
         if c.data.name == "folder" and not c.data.path:
             raise ConfigError("data.name='folder' needs data.path=DIR (a folder of images)")

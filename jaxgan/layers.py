@@ -173,7 +173,7 @@ def conv_transpose_torch(
     Returns:
       [N, (H-1)*sh - 2*ph + kh + oph, (W-1)*sw - 2*pw + kw + opw, C_out].
     """
-    kh, kw, _, cout = kernel.shape
+    kh, kw = kernel.shape[:2]
     strides = _pair(stride, "stride")
     pads = _pair(padding, "padding")
     opads = _pair(output_padding, "output_padding")
@@ -195,7 +195,7 @@ def conv_transpose_torch(
         n_in = x.shape[1 + axis]
         n_out = (n_in - 1) * s - 2 * p + k + op
         idx, dmin = _subpixel_axis_plan(k, s, p)
-        q = -(-n_out // s)  # phases rows needed, ceil(n_out / s)
+        q = -(-n_out // s)  # rows per phase, ceil(n_out / s)
         lo = -dmin
         hi = q + idx.shape[1] - 1 - n_in - lo
         # Negative padding (large torch padding) means cropping the input instead.
@@ -231,9 +231,9 @@ class TorchConvTranspose(nn.Module):
     """
 
     features: int
-    kernel_size: IntOr2 = 4
+    kernel_size: IntOr2
     stride: IntOr2 = 2
-    padding: IntOr2 = 1
+    padding: IntOr2 = 0  # torch's defaults for padding and output_padding
     output_padding: IntOr2 = 0
     use_bias: bool = True
     implementation: str = "auto"

@@ -53,7 +53,7 @@ def make_train_step(generator, critic, g_tx, d_tx, config,
 
     def critic_update(state: GANState, data: dict, step_key, data_key, i):
         k_z, k_eps, k_sample = jax.random.split(jax.random.fold_in(step_key, i), 3)
-        real, position = data_lib.next_batch(state.data, data, data_key, k_sample, batch)
+        real, position = data_lib.next_batch(state.data, data, data_key, k_sample, batch, i)
         real = shard(real)
         z = shard(jax.random.normal(k_z, (batch, z_dim)))
         fake, g_stats = g_apply(state.g_params, state.g_stats, z, True)
@@ -76,7 +76,7 @@ def make_train_step(generator, critic, g_tx, d_tx, config,
 
         (_, (d_stats, metrics)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.d_params)
         updates, d_opt = d_tx.update(grads, state.d_opt, state.d_params)
-        metrics["d/grad_norm"] = optax.global_norm(grads)
+        metrics["d/grad_norm"] = optax.tree.norm(grads)
         state = state.replace(d_params=optax.apply_updates(state.d_params, updates),
                               d_stats=d_stats, d_opt=d_opt, g_stats=g_stats, data=position)
         return state, metrics
@@ -94,7 +94,7 @@ def make_train_step(generator, critic, g_tx, d_tx, config,
         updates, g_opt = g_tx.update(grads, state.g_opt, state.g_params)
         state = state.replace(g_params=optax.apply_updates(state.g_params, updates),
                               g_stats=g_stats, d_stats=d_stats, g_opt=g_opt)
-        return state, {"g/loss": value, "g/grad_norm": optax.global_norm(grads)}
+        return state, {"g/loss": value, "g/grad_norm": optax.tree.norm(grads)}
 
     def train_step(state: GANState, data: dict) -> tuple[GANState, dict[str, Any]]:
         step_key = jax.random.fold_in(jax.random.fold_in(state.key, state_lib.STREAM_STEP),

@@ -31,7 +31,7 @@ DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__
 
 # Keys that fix the shapes of the saved state: a workdir cannot continue under other values.
 STRUCTURAL_KEYS = ("data.name", "data.split", "data.image_size", "data.channels", "data.limit",
-                   "data.path", "model", "loss.name", "optim.g.name", "optim.d.name")
+                   "data.path", "data.num_examples", "model", "loss.name", "optim.g.name", "optim.d.name")
 
 
 class DivergenceError(RuntimeError):
@@ -80,8 +80,7 @@ def check_compatible(saved, config, workdir: str) -> None:
         except KeyError:
             old = None
         new = _lookup(config, key)
-        if isinstance(old, (list, tuple)) or isinstance(new, (list, tuple)):
-            old, new = json.loads(json.dumps(old)), json.loads(json.dumps(new))
+        old, new = json.loads(json.dumps(old)), json.loads(json.dumps(new))  # tuples == lists
         if old != new:
             raise config_lib.ConfigError(
                 f"workdir {workdir!r} holds checkpoints of another recipe ({key}: {old!r} there, "
@@ -181,16 +180,28 @@ def train_and_evaluate(config, workdir: str, progress: bool = True, log=print):
         log(f"skipped {dataset.skipped} unreadable image files")
     if replicated is not None:
         state = jax.device_put(state, replicated)
-    device_data = data_lib.device_data(dataset, replicated)
+    stream = None
+    if dataset.is_mixture or data_lib.fits_device(dataset, config):
+        device_data = data_lib.device_data(dataset, replicated)
+    else:  # too big for the device budget: a background thread feeds uint8 batches
+        P = jax.sharding.PartitionSpec
+        stream = data_lib.Prefetcher(
+            dataset.images, jax.random.fold_in(state.key, state_lib.STREAM_DATA),
+            int(config.train.batch_size), int(config.train.n_critic),
+            epoch=int(state.data.epoch), cursor=int(state.data.cursor),
+            sharding=None if batch_sharding is None else jax.sharding.NamedSharding(
+                batch_sharding.mesh, P(None, "data")))
+        log(f"streaming {dataset.nbytes / 2**20:.0f} MiB of images "
+            f"(over data.device_budget_mb={config.data.device_budget_mb})")
 
     train_step = step_lib.make_train_step(generator, critic, g_tx, d_tx, config, batch_sharding)
-    per_call = _steps_per_call(config)
+    per_call = 1 if stream is not None else _steps_per_call(config)
     compiled = {}
 
     def run(state, k):
         if k not in compiled:
             compiled[k] = jax.jit(step_lib.repeat_step(train_step, k), donate_argnums=0)
-        return compiled[k](state, device_data)
+        return compiled[k](state, {"real": next(stream)} if stream is not None else device_data)
 
     sampler = jax.jit(step_lib.make_sampler(generator))
     grid_z = state_lib.grid_noise(state.key, int(config.train.num_grid), int(config.model.z_dim))
@@ -249,6 +260,8 @@ def train_and_evaluate(config, workdir: str, progress: bool = True, log=print):
     finally:
         if bar is not None:
             bar.close()
+        if stream is not None:
+            stream.close()
         mngr.wait_until_finished()
         logs.close()
     return state, metrics_host

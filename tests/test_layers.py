@@ -142,4 +142,4 @@ def test_errors_name_the_fix():
     with pytest.raises(ValueError, match="output_padding"):
         TorchConvTranspose(2, 5, 2, 2, output_padding=2).init(jax.random.key(0), x)
     with pytest.raises(ValueError, match="implementation"):
-        TorchConvTranspose(2, implementation="fft").init(jax.random.key(0), x)
+        TorchConvTranspose(2, 4, implementation="fft").init(jax.random.key(0), x)

@@ -1,0 +1,63 @@
+"""Shared tiny recipes: small models, few steps, so the whole suite stays fast on 2 CPU cores."""
+import os
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import pytest  # noqa: E402
+
+from jaxgan.config import base_config  # noqa: E402
+
+
+def tiny_image_config(**overrides):
+    """DCGAN on scikit-learn digits at 16x16, 8 channels wide: compiles in seconds."""
+    c = base_config()
+    c.data.name = "digits"
+    c.data.image_size = 16
+    c.data.channels = 1
+    c.model.arch = "dcgan"
+    c.model.z_dim = 8
+    c.model.g_width = 8
+    c.model.d_width = 8
+    c.train.batch_size = 16
+    c.train.steps = 6
+    c.train.log_every = 2
+    c.train.sample_every = 3
+    c.train.checkpoint_every = 3
+    c.train.num_grid = 4
+    return _apply(c, overrides)
+
+
+def tiny_ring_config(**overrides):
+    c = base_config()
+    c.data.name = "ring"
+    c.model.arch = "mlp"
+    c.model.z_dim = 2
+    c.model.hidden = (16, 16)
+    c.model.g_norm = "none"
+    c.model.d_norm = "none"
+    c.train.batch_size = 16
+    c.train.steps = 4
+    c.train.log_every = 2
+    c.train.sample_every = 4
+    c.train.checkpoint_every = 4
+    return _apply(c, overrides)
+
+
+def _apply(c, overrides):
+    for k, v in overrides.items():
+        node = c
+        *path, last = k.split(".")
+        for p in path:
+            node = node[p]
+        node[last] = v
+    return c
+
+
+@pytest.fixture
+def image_config():
+    return tiny_image_config
+
+
+@pytest.fixture
+def ring_config():
+    return tiny_ring_config

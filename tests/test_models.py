@@ -1,0 +1,93 @@
+"""Model shapes, the exact HW6 architecture and its parameter count."""
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxgan import config as config_lib
+from jaxgan import models
+
+
+def _count(tree):
+    return sum(math.prod(x.shape) for x in jax.tree.leaves(tree))
+
+
+def hw6_config():
+    c = config_lib.base_config()
+    c.data.name, c.data.image_size, c.data.channels = "folder", 64, 3
+    c.model.g_width = c.model.d_width = 64
+    c.model.g_kernel = 5
+    return c
+
+
+def test_hw6_models_match_the_pytorch_parameter_counts():
+    g, d = models.build(hw6_config())
+    gv = jax.eval_shape(lambda: g.init(jax.random.PRNGKey(0), jnp.zeros((2, 100)), train=False))
+    dv = jax.eval_shape(lambda: d.init(jax.random.PRNGKey(0), jnp.zeros((2, 64, 64, 3)),
+                                       train=False))
+    # PyTorch HW6 Generator(100, 64): Linear 100*8192 (no bias) + BN1d(8192) 2*8192 +
+    # ConvT 512*256*25 + BN 2*256 + ConvT 256*128*25 + BN 2*128 + ConvT 128*64*25 + BN 2*64 +
+    # ConvT 64*3*25 (all ConvT bias-free).
+    g_torch = 819200 + 16384 + 3276800 + 512 + 819200 + 256 + 204800 + 128 + 4800
+    # Discriminator(3, 64): Conv 3->64 (4x4, bias) + 64->128 + BN + 128->256 + BN + 256->512 + BN
+    # + Conv 512->1 (4x4, bias).
+    d_torch = (3072 + 64) + (131072 + 128 + 256) + (524288 + 256 + 512) + \
+        (2097152 + 512 + 1024) + (8192 + 1)
+    assert _count(gv["params"]) == g_torch == 5_142_080
+    assert _count(dv["params"]) == d_torch == 2_766_529
+    # layer by layer: 512 -> 256 -> 128 -> 64 -> 3 with 5x5 kernels
+    kernels = [gv["params"][f"TorchConvTranspose_{i}"]["kernel"].shape for i in range(4)]
+    assert kernels == [(5, 5, 512, 256), (5, 5, 256, 128), (5, 5, 128, 64), (5, 5, 64, 3)]
+
+
+@pytest.mark.parametrize("size,channels", [(28, 1), (32, 3), (64, 3), (16, 1)])
+def test_dcgan_shapes(size, channels):
+    c = config_lib.base_config()
+    c.data.image_size, c.data.channels = size, channels
+    c.model.g_width = c.model.d_width = 8
+    g, d = models.build(c)
+    z = jnp.zeros((3, 100))
+    x, gv = jax.eval_shape(lambda: g.init_with_output(jax.random.PRNGKey(0), z, train=False))
+    assert x.shape == (3, size, size, channels)
+    y, _ = jax.eval_shape(lambda: d.init_with_output(jax.random.PRNGKey(0),
+                                                     jnp.zeros((3, size, size, channels)),
+                                                     train=False))
+    assert y.shape == (3,)
+
+
+@pytest.mark.parametrize("norm", ["batch", "instance", "layer", "none"])
+def test_norms_run_and_only_batch_norm_keeps_statistics(norm):
+    c = config_lib.base_config()
+    c.data.image_size = 16
+    c.model.g_width = c.model.d_width = 4
+    c.model.g_norm = c.model.d_norm = norm
+    g, d = models.build(c)
+    gv = g.init(jax.random.PRNGKey(0), jnp.ones((4, 100)), train=False)
+    assert ("batch_stats" in gv) == (norm == "batch")
+    out, _ = g.apply(gv, jax.random.normal(jax.random.PRNGKey(1), (4, 100)), train=True,
+                     mutable=["batch_stats"])
+    assert out.shape == (4, 16, 16, 1)
+    assert float(jnp.max(jnp.abs(out))) <= 1.0  # tanh range
+
+
+def test_mlp_for_points_is_linear_and_for_images_tanh():
+    c = config_lib.base_config()
+    c.data.name, c.model.arch, c.model.hidden, c.model.g_norm = "ring", "mlp", (8,), "none"
+    g, _ = models.build(c)
+    z = 50 * jax.random.normal(jax.random.PRNGKey(1), (16, 100))
+    v = g.init(jax.random.PRNGKey(0), z, train=False)
+    out = g.apply(v, z, train=False)
+    assert out.shape == (16, 2)
+    assert float(jnp.max(jnp.abs(out))) > 1.0  # not squashed
+    c.data.name, c.data.image_size = "digits", 8
+    g, _ = models.build(c)
+    out = g.apply(g.init(jax.random.PRNGKey(0), z, train=False), z, train=False)
+    assert out.shape == (16, 8, 8, 1) and float(jnp.max(jnp.abs(out))) <= 1.0
+
+
+def test_image_sizes_the_dcgan_cannot_build_are_rejected():
+    with pytest.raises(config_lib.ConfigError, match="image_size=144"):
+        config_lib.image_base(48 * 3)  # 144 = 9 * 16: no 4 or 7 base
+    assert config_lib.image_base(28) == 7 and config_lib.image_base(64) == 4

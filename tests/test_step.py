@@ -1,0 +1,115 @@
+"""The compiled step: n_critic schedule, clipping, penalty metrics, loop forms, statistics."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from conftest import tiny_image_config, tiny_ring_config
+from jaxgan import data as data_lib
+from jaxgan import models, optim
+from jaxgan import state as state_lib
+from jaxgan import step as step_lib
+
+
+def setup(config, loop="auto"):
+    config.train.critic_loop = loop
+    ds = data_lib.load(config)
+    g, d = models.build(config)
+    g_tx, d_tx = optim.make(config)
+    st = state_lib.create(int(config.seed), g, d, g_tx, d_tx, config.model.z_dim,
+                          models.data_shape(config), ds.num_examples)
+    step = jax.jit(step_lib.make_train_step(g, d, g_tx, d_tx, config))
+    return st, step, data_lib.device_data(ds)
+
+
+def _adam_count(opt_state):
+    counts = [s.count for s in jax.tree.leaves(
+        opt_state, is_leaf=lambda s: isinstance(s, optax.ScaleByAdamState))
+        if isinstance(s, optax.ScaleByAdamState)]
+    assert len(counts) == 1
+    return int(counts[0])
+
+
+def test_n_critic_critic_updates_per_generator_update():
+    c = tiny_image_config(**{"train.n_critic": 3, "loss.name": "wgan-gp", "model.d_norm": "layer"})
+    st, step, data = setup(c)
+    for _ in range(2):
+        st, _ = step(st, data)
+    assert int(st.step) == 2
+    assert _adam_count(st.d_opt) == 6 and _adam_count(st.g_opt) == 2
+    # each critic update read its own batch: 6 batches of 16 from a fresh epoch
+    assert int(st.data.cursor) == 6 * 16 and int(st.data.epoch) == 0
+
+
+def test_scan_and_unrolled_critic_loops_compute_the_same_step():
+    c = tiny_image_config(**{"train.n_critic": 2})
+    a, step_a, data = setup(c, "scan")
+    b, step_b, _ = setup(tiny_image_config(**{"train.n_critic": 2}), "unrolled")
+    a, ma = step_a(a, data)
+    b, mb = step_b(b, data)
+    # Losses and statistics agree to float rounding. Parameters agree to Adam's step size: where a
+    # gradient is ~0, rounding noise flips its sign and Adam turns that into a +-lr update.
+    assert ma.keys() == mb.keys()
+    for k in ma:
+        np.testing.assert_allclose(ma[k], mb[k], rtol=1e-4, atol=1e-5, err_msg=k)
+    for x, y in zip(jax.tree.leaves((a.g_stats, a.d_stats)), jax.tree.leaves((b.g_stats, b.d_stats))):
+        np.testing.assert_allclose(x, y, rtol=1e-3, atol=1e-4)
+    for x, y in zip(jax.tree.leaves((a.g_params, a.d_params)),
+                    jax.tree.leaves((b.g_params, b.d_params))):
+        np.testing.assert_allclose(x, y, atol=2 * c.optim.d.lr)
+
+
+def test_wgan_clips_every_critic_weight():
+    c = tiny_image_config(**{"loss.name": "wgan", "train.n_critic": 2})
+    c.optim.d.lr = 0.05  # large steps push weights hard against the bound
+    st, step, data = setup(c)
+    assert max(float(jnp.max(jnp.abs(p))) for p in jax.tree.leaves(st.d_params)) > 0.01
+    st, _ = step(st, data)
+    for p in jax.tree.leaves(st.d_params):
+        assert float(jnp.max(jnp.abs(p))) <= 0.01 * (1 + 1e-5)
+    # the generator is not clipped
+    assert max(float(jnp.max(jnp.abs(p))) for p in jax.tree.leaves(st.g_params)) > 0.01
+
+
+def test_wgan_gp_reports_penalty_and_wasserstein_estimate():
+    c = tiny_ring_config(**{"loss.name": "wgan-gp", "train.n_critic": 2})
+    st, step, data = setup(c)
+    st, m = step(st, data)
+    for k in ("d/loss", "d/gp", "d/gp_grad_norm", "d/wasserstein", "d/grad_norm", "g/loss",
+              "g/grad_norm"):
+        assert np.isfinite(float(m[k])), k
+    assert float(m["d/wasserstein"]) == pytest.approx(float(m["d/real"]) - float(m["d/fake"]),
+                                                      abs=1e-5)
+
+
+def test_batch_norm_statistics_are_threaded_through_the_step():
+    c = tiny_image_config()
+    st, step, data = setup(c)
+    before = jax.tree.map(np.asarray, (st.g_stats, st.d_stats))
+    st, _ = step(st, data)
+    after = jax.tree.map(np.asarray, (st.g_stats, st.d_stats))
+    for x, y in zip(jax.tree.leaves(before), jax.tree.leaves(after)):
+        assert not np.allclose(x, y)
+
+
+def test_step_is_a_function_of_the_state():
+    c = tiny_image_config()
+    st, step, data = setup(c)
+    copy = jax.tree.map(jnp.array, st)
+    s1, m1 = step(st, data)
+    s2, m2 = step(copy, data)
+    for x, y in zip(jax.tree.leaves(s1), jax.tree.leaves(s2)):
+        np.testing.assert_array_equal(x, y)
+
+
+def test_data_epochs_cover_every_example_once():
+    key = jax.random.PRNGKey(3)
+    pos = data_lib.init_position(key, 10)
+    seen = []
+    for _ in range(5):  # batches of 2 -> exactly one epoch of 10
+        idx, pos = data_lib.next_indices(pos, key, 2)
+        seen.extend(np.asarray(idx).tolist())
+    assert sorted(seen) == list(range(10))
+    idx, pos2 = data_lib.next_indices(pos, key, 2)  # rolls into epoch 1
+    assert int(pos2.epoch) == 1 and int(pos2.cursor) == 2

@@ -1,0 +1,122 @@
+"""Training loop, checkpoints and resume, sampling, and both CLIs end to end."""
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from conftest import tiny_image_config, tiny_ring_config
+from jaxgan import checkpoint as ckpt_lib
+from jaxgan import config as config_lib
+from jaxgan import sample as sample_lib
+from jaxgan import train as train_lib
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _leaves(state):
+    return [np.asarray(x) for x in jax.tree.leaves(jax.device_get(state))]
+
+
+def test_resume_gives_exactly_the_uninterrupted_run(tmp_path):
+    full, _ = train_lib.train_and_evaluate(tiny_image_config(), str(tmp_path / "a"), progress=False)
+    half = tiny_image_config(**{"train.steps": 3})
+    train_lib.train_and_evaluate(half, str(tmp_path / "b"), progress=False)
+    logs = []
+    resumed, _ = train_lib.train_and_evaluate(tiny_image_config(), str(tmp_path / "b"),
+                                              progress=False, log=logs.append)
+    assert any("resumed from step 3" in line for line in logs)
+    assert int(resumed.step) == int(full.step) == 6
+    for x, y in zip(_leaves(full), _leaves(resumed)):
+        np.testing.assert_array_equal(x, y)
+
+
+def test_checkpoint_round_trip_restores_every_leaf(tmp_path):
+    state, _ = train_lib.train_and_evaluate(tiny_image_config(), str(tmp_path), progress=False)
+    mngr = ckpt_lib.manager(str(tmp_path))
+    assert mngr.all_steps() == [3, 6]
+    restored = ckpt_lib.restore_state(mngr, jax.tree.map(np.zeros_like, state))
+    for x, y in zip(_leaves(state), _leaves(restored)):
+        np.testing.assert_array_equal(x, y)
+    config, step = ckpt_lib.load_config(str(tmp_path))
+    assert step == 6 and config.model.g_width == 8
+    # outputs of a run
+    lines = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
+    assert [l["step"] for l in lines] == [2, 4, 6]
+    assert {"d/loss", "g/loss", "d/wasserstein", "train/images_per_sec"} <= set(lines[-1])
+    assert sorted(os.listdir(tmp_path / "samples")) == ["step_0000003.png", "step_0000006.png"]
+
+
+def test_keeps_only_the_last_n_checkpoints(tmp_path):
+    c = tiny_image_config(**{"train.checkpoint_every": 1, "train.keep_checkpoints": 2})
+    train_lib.train_and_evaluate(c, str(tmp_path), progress=False)
+    assert ckpt_lib.manager(str(tmp_path)).all_steps() == [5, 6]
+
+
+def test_workdir_of_another_recipe_is_refused_before_training(tmp_path):
+    train_lib.train_and_evaluate(tiny_image_config(**{"train.steps": 3}), str(tmp_path),
+                                 progress=False)
+    before = sorted(os.listdir(tmp_path / "checkpoints"))
+    with pytest.raises(config_lib.ConfigError, match="model"):
+        train_lib.train_and_evaluate(tiny_image_config(**{"model.g_width": 16}), str(tmp_path),
+                                     progress=False)
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == before
+
+
+def test_sample_restores_the_generator_only_and_writes_arrays(tmp_path):
+    train_lib.train_and_evaluate(tiny_image_config(), str(tmp_path), progress=False)
+    config, images = sample_lib.generate(str(tmp_path), 7, seed=1)
+    assert images.shape == (7, 16, 16, 1) and images.dtype == np.uint8
+    _, again = sample_lib.generate(str(tmp_path), 3, seed=1)
+    np.testing.assert_array_equal(images[:3], again)  # first k samples do not depend on num
+    _, early = sample_lib.generate(str(tmp_path), 3, seed=1, step=3)
+    assert not np.array_equal(early, again)
+    sample_lib.write(str(tmp_path / "s.npz"), config, images)
+    assert np.load(tmp_path / "s.npz")["images"].shape == (7, 16, 16, 1)
+    with pytest.raises(ckpt_lib.CheckpointError, match="step 4"):
+        sample_lib.generate(str(tmp_path), 3, step=4)
+
+
+def test_ring_samples_are_points(tmp_path):
+    train_lib.train_and_evaluate(tiny_ring_config(), str(tmp_path), progress=False)
+    config, points = sample_lib.generate(str(tmp_path), 10)
+    assert points.shape == (10, 2) and points.dtype == np.float32
+    sample_lib.write(str(tmp_path / "p.npz"), config, points)
+    assert np.load(tmp_path / "p.npz")["points"].shape == (10, 2)
+
+
+def _cli(*args, cwd=REPO):
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    return subprocess.run([sys.executable, "-m", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_train_and_sample_cli_end_to_end(tmp_path):
+    work = str(tmp_path / "run")
+    r = _cli("jaxgan.train", "--config", "configs/default.py", "--workdir", work,
+             "--config.train.steps=4", "--config.train.checkpoint_every=2",
+             "--config.train.sample_every=2", "--config.train.log_every=2",
+             "--config.model.g_width=8", "--config.model.d_width=8", "--noprogress")
+    assert r.returncode == 0, r.stderr
+    assert os.path.exists(os.path.join(work, "samples", "step_0000004.png"))
+    r = _cli("jaxgan.sample", "--workdir", work, "--num", "12", "--out", str(tmp_path / "g.png"))
+    assert r.returncode == 0, r.stderr
+    assert os.path.getsize(tmp_path / "g.png") > 0
+    r = _cli("jaxgan.sample", "--workdir", work, "--num", "5", "--out", str(tmp_path / "s.npz"))
+    assert r.returncode == 0, r.stderr
+    assert np.load(tmp_path / "s.npz")["images"].shape == (5, 16, 16, 1)
+
+
+def test_cli_errors_are_one_line_with_exit_code_2(tmp_path):
+    r = _cli("jaxgan.train", "--workdir", str(tmp_path / "x"), "--config.loss.name=wgan-gp",
+             "--config.model.d_norm=batch")
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines()[-1].startswith("error: critic uses batch norm")
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert not os.path.exists(tmp_path / "x")  # nothing written
+    r = _cli("jaxgan.sample", "--workdir", str(tmp_path / "missing"), "--out", "x.png")
+    assert r.returncode == 2 and "does not exist" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
