@@ -141,7 +141,7 @@ def validate(config) -> None:
     if int(c.train.n_critic) < 1:
         raise ConfigError(f"train.n_critic={c.train.n_critic}; it must be at least 1")
     for name in ("steps", "batch_size", "log_every", "sample_every", "checkpoint_every",
-                              "keep_checkpoints", "num_grid", "steps_per_call"):
+                 "keep_checkpoints", "num_grid", "steps_per_call"):
         if int(c.train[name]) < 1:
             raise ConfigError(f"train.{name}={c.train[name]}; it must be at least 1")
     if c.train.critic_loop not in ("auto", "scan", "unrolled"):

@@ -240,7 +240,7 @@ class Evaluator:
                 inception = inc.load_inception_params(inception, download=download)
             params = inception
             self.inception = lambda x: inc.extract_features(params, x, batch_size)
-            fp = "pt_inception-2015-12-05"
+            fp = "inception-" + clf_lib.fingerprint(params)  # other weights: other statistics
         d = Path(stats_dir) if stats_dir else inc.default_cache_dir() / "stats"
         self._inc_ref = self._cached_stats(d / _stats_name("inception", self.config), fp,
                                            self._inception_real_stats)

@@ -33,13 +33,13 @@ class Norm(nn.Module):
         if self.kind == "batch":
             # momentum 0.9 == PyTorch's momentum 0.1; eps 1e-5 as PyTorch.
             return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                                                    scale_init=_scale_init, dtype=self.dtype)(x)
+                                scale_init=_scale_init, dtype=self.dtype)(x)
         if self.kind == "instance":
             return nn.GroupNorm(num_groups=None, group_size=1, epsilon=1e-5, dtype=self.dtype)(x)
         if self.kind == "layer":
             axes = tuple(range(1, x.ndim))
             return nn.LayerNorm(epsilon=1e-5, reduction_axes=axes, feature_axes=axes,
-                                                    dtype=self.dtype)(x)
+                                dtype=self.dtype)(x)
         if self.kind == "none":
             return x
         raise ValueError(f"unknown norm {self.kind!r}")
@@ -140,7 +140,7 @@ class DCGANDiscriminator(nn.Module):
         ch = self.width
         for i in range(n_down):
             x = nn.Conv(ch, (4, 4), strides=(2, 2), padding=((1, 1), (1, 1)),
-                                    kernel_init=DCGAN_INIT, dtype=self.dtype)(x)
+                        kernel_init=DCGAN_INIT, dtype=self.dtype)(x)
             if i > 0:
                 x = Norm(self.norm, self.dtype)(x, train)
             x = nn.leaky_relu(x, 0.2)
@@ -162,10 +162,10 @@ def build(config, dtype=jnp.float32) -> tuple[nn.Module, nn.Module]:
     shape = data_shape(config)
     if m.arch == "mlp":
         g = MLPGenerator(out_shape=shape, hidden=tuple(m.hidden), norm=m.g_norm,
-                                          tanh=not config_lib.is_mixture(config), dtype=dtype)
+                         tanh=not config_lib.is_mixture(config), dtype=dtype)
         d = MLPDiscriminator(hidden=tuple(m.hidden), norm=m.d_norm, dtype=dtype)
         return g, d
     g = DCGANGenerator(image_size=shape[0], channels=shape[2], width=m.g_width, norm=m.g_norm,
-                                          kernel=m.g_kernel, dtype=dtype)
+                       kernel=m.g_kernel, dtype=dtype)
     d = DCGANDiscriminator(image_size=shape[0], width=m.d_width, norm=m.d_norm, dtype=dtype)
     return g, d

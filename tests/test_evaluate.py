@@ -156,6 +156,36 @@ def test_stacked_mnist_modes_from_per_channel_predictions(digits, digits_clf):
         ev.Evaluator(stacked, classifier=digits_clf)
 
 
+def _untrained_image_checkpoint(workdir: str):
+    """A step-0 checkpoint of the tiny DCGAN recipe, saved the way train.py saves it (compiling
+    the training step would cost ~40 s on 2 shared CPU cores)."""
+    from conftest import tiny_image_config
+    from jaxgan import models, optim
+    from jaxgan import state as state_lib
+    config = tiny_image_config()
+    generator, critic = models.build(config)
+    g_tx, d_tx = optim.make(config)
+    state = jax.jit(lambda: state_lib.create(0, generator, critic, g_tx, d_tx,
+                                             int(config.model.z_dim), models.data_shape(config),
+                                             1797))()  # one compilation, not one per op
+    mngr = ckpt_lib.manager(workdir)
+    ckpt_lib.save(mngr, state, config)
+    mngr.wait_until_finished()
+
+
+def test_workdir_evaluation_of_an_image_run_with_the_classifier(digits_clf, tmp_path):
+    workdir = str(tmp_path / "run")
+    _untrained_image_checkpoint(workdir)
+    path = digits_clf.save(tmp_path / "clf")
+    rec = ev.run_evaluation(workdir=workdir, num=120, classifier=str(path), log=lambda *_: None)
+    assert rec["step"] == 0 and rec["metrics"] == "classifier" and rec["num_samples"] == 120
+    assert rec["classifier"] == digits_clf.meta["fingerprint"]
+    assert rec["classifier/fd"] > 0 and 1 <= rec["classifier/score"] <= 10
+    assert 0 <= rec["classifier/classes_covered"] <= 10
+    # 16x16 samples are scored by the 8x8 classifier against 16x16 real digits
+    assert (tmp_path / "clf" / "stats" / "classifier_digits_train_16x1.npz").exists()
+
+
 # ------------------------------------------------------------------------------ files and errors
 
 

@@ -1,0 +1,29 @@
+"""WGAN-GP (Gulrajani et al. 2017) on MNIST at 28x28.
+
+lambda = 10, n_critic = 5, Adam(1e-4, b1 0.5, b2 0.9); the critic uses layer norm because a
+batch-norm critic breaks the per-sample gradient penalty (the paper's recommendation).
+"""
+from jaxgan.config import adam, base_config
+
+
+def get_config():
+    c = base_config()
+    c.data.name = "mnist"
+    c.data.image_size = 28
+    c.data.channels = 1
+    c.model.arch = "dcgan"
+    c.model.g_width = 32
+    c.model.d_width = 32
+    c.model.g_norm = "batch"
+    c.model.d_norm = "layer"
+    c.loss.name = "wgan-gp"
+    c.loss.gp_weight = 10.0
+    c.optim.g = adam(1e-4, 0.5, 0.9)
+    c.optim.d = adam(1e-4, 0.5, 0.9)
+    c.train.n_critic = 5
+    c.train.batch_size = 64
+    c.train.steps = 3000
+    c.train.log_every = 100
+    c.train.sample_every = 500
+    c.train.checkpoint_every = 1000
+    return c
