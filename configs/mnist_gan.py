@@ -26,7 +26,7 @@ def get_config():
     c.optim.d = adam(2e-4, 0.5, 0.999)
     c.train.batch_size = 64
     c.train.n_critic = 1
-    c.train.steps = 3000
+    c.train.steps = 6000            # ~6.4 epochs
     c.train.log_every = 100
     c.train.sample_every = 500
     c.train.checkpoint_every = 1000

@@ -70,6 +70,14 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.num_grid = 64           # images in each sample grid
     c.train.steps_per_call = 1      # steps fused into one compiled call (small models: 10-100)
     c.train.critic_loop = "auto"    # n_critic loop: scan | unrolled | auto (unrolled on CPU)
+
+    c.eval = ml_collections.ConfigDict()
+    c.eval.every = 0                # evaluate every K steps during training (0: never)
+    c.eval.num = 2000               # samples per evaluation
+    c.eval.metrics = ""             # e.g. "modes", "classifier", "fid,kid"; "" = the dataset's default
+    c.eval.best_metric = ""         # keep the best checkpoint by this metric in WORKDIR/best
+    c.eval.classifier = ""          # path from `python -m jaxgan.evaluate train-classifier`
+    c.eval.inception = ""           # FID Inception weights (.pth) or their cache directory
     return c
 
 
@@ -144,6 +152,10 @@ def validate(config) -> None:
                  "keep_checkpoints", "num_grid", "steps_per_call"):
         if int(c.train[name]) < 1:
             raise ConfigError(f"train.{name}={c.train[name]}; it must be at least 1")
+    if int(c.eval.every) < 0 or int(c.eval.num) < 1:
+        raise ConfigError("eval.every must be >= 0 and eval.num >= 1")
+    if c.eval.best_metric and int(c.eval.every) == 0:
+        raise ConfigError("eval.best_metric needs periodic evaluation: set eval.every=K")
     if c.train.critic_loop not in ("auto", "scan", "unrolled"):
         raise ConfigError(f"train.critic_loop={c.train.critic_loop!r}; use auto, scan or unrolled")
     if int(c.model.z_dim) < 1:

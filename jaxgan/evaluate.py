@@ -27,7 +27,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -167,12 +167,15 @@ class Evaluator:
     stats_dir: where reference statistics are cached (default: `<classifier dir>/stats` for the
       classifier, `<cache>/stats` for Inception).
     kid_subsets: KID's random subsets of min(1000, N) samples (torch-fidelity: 100).
+    real_images: uint8[N, H, W, C] of the reference data when already in memory (train.py's
+      dataset.images); otherwise `data.load(config)` reads them, only if no cache matches.
     """
 
     def __init__(self, config, metrics: str | Sequence[str] | None = None, *,
                  classifier: Any = None, inception: Any = None, stats_dir: str | None = None,
                  inception_batch_size: int = 50, classifier_batch_size: int = 500,
                  kid_subsets: int = 100, download: bool = False,
+                 real_images: np.ndarray | None = None,
                  log: Callable[[str], None] | None = None):
         self.config = config
         self.kid_subsets = int(kid_subsets)
@@ -181,7 +184,7 @@ class Evaluator:
         self.mixture = config_lib.is_mixture(config)
         self.stacked = config.data.name == STACKED
         self.classifier_batch_size = int(classifier_batch_size)
-        self._real: data_lib.Dataset | None = None
+        self._real: np.ndarray | None = real_images
         self.classifier = None
         self.inception = None
         if self.mixture:
@@ -199,8 +202,8 @@ class Evaluator:
         if self._real is None:
             self.log(f"loading real data {self.config.data.name}/{self.config.data.split} for "
                      "reference statistics (cached afterwards)")
-            self._real = data_lib.load(self.config)
-        return self._real.images
+            self._real = data_lib.load(self.config).images
+        return self._real
 
     def _setup_classifier(self, classifier, stats_dir) -> None:
         if classifier is None or isinstance(classifier, (str, os.PathLike)):

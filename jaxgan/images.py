@@ -41,14 +41,14 @@ def save_png(path: str, image: np.ndarray, min_size: int = 256) -> None:
     if scale > 1:
         image = image.repeat(scale, axis=0).repeat(scale, axis=1)
     img = Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
-    _atomic_write(path, lambda f: img.save(f, format="PNG"))
+    atomic_write(path, lambda f: img.save(f, format="PNG"))
 
 
 def save_npz(path: str, **arrays) -> None:
-    _atomic_write(path, lambda f: np.savez_compressed(f, **arrays))
+    atomic_write(path, lambda f: np.savez_compressed(f, **arrays))
 
 
-def _atomic_write(path: str, write) -> None:
+def atomic_write(path: str, write) -> None:
     """Write to a temporary name and rename, so a crash never leaves half a file."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = f"{path}.tmp{os.getpid()}"

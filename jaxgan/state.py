@@ -10,7 +10,7 @@ from flax import struct
 from jaxgan import data as data_lib
 
 # Fixed stream ids under the run's seed key (DESIGN.md habit 11: randomness = f(seed, step)).
-STREAM_INIT, STREAM_STEP, STREAM_DATA, STREAM_GRID = 0, 1, 2, 3
+STREAM_INIT, STREAM_STEP, STREAM_DATA, STREAM_GRID, STREAM_EVAL = 0, 1, 2, 3, 4
 
 
 @struct.dataclass

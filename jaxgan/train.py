@@ -209,6 +209,7 @@ def train_and_evaluate(config, workdir: str, progress: bool = True, log=print):
         grid_z = jax.random.normal(jax.random.fold_in(state.key, state_lib.STREAM_GRID),
                                    (2500, int(config.model.z_dim)))
     logs = _Logs(workdir)
+    periodic_eval = _PeriodicEval(config, workdir, dataset, sampler, state.key, log)
     total = int(config.train.steps)
     t = config.train
     step = int(jax.device_get(state.step))
@@ -248,6 +249,8 @@ def train_and_evaluate(config, workdir: str, progress: bool = True, log=print):
                                          "img/s": f"{metrics_host['train/images_per_sec']:.0f}"})
                 if crossed(prev, step, int(t.sample_every)):
                     _save_samples(workdir, step, sampler, state, grid_z, dataset, logs)
+                if periodic_eval.due(prev, step, total):
+                    logs.scalars(step, periodic_eval(state, step, config))
                 if crossed(prev, step, int(t.checkpoint_every)) or stop.signum is not None:
                     _check_state_finite(state, step)
                     ckpt_lib.save(mngr, state, config)
@@ -265,6 +268,50 @@ def train_and_evaluate(config, workdir: str, progress: bool = True, log=print):
         mngr.wait_until_finished()
         logs.close()
     return state, metrics_host
+
+
+class _PeriodicEval:
+    """Scores fixed-noise samples every eval.every steps; keeps the best state in WORKDIR/best
+    (itself a workdir: `jaxgan.sample --workdir WORKDIR/best`)."""
+
+    def __init__(self, config, workdir, dataset, sampler, key, log):
+        self.every = int(config.eval.every)
+        if not self.every:
+            return
+        from jaxgan import evaluate as evaluate_lib
+        self.lib = evaluate_lib
+        self.evaluator = evaluate_lib.Evaluator(
+            config, config.eval.metrics or None, classifier=config.eval.classifier or None,
+            inception=config.eval.inception or None,
+            real_images=None if dataset.is_mixture else dataset.images, log=log)
+        self.config, self.sampler, self.dataset = config, sampler, dataset
+        self.key = jax.random.fold_in(key, state_lib.STREAM_EVAL)
+        self.metric = config.eval.best_metric
+        self.best_dir = os.path.join(workdir, "best")
+        self.best_file = os.path.join(self.best_dir, "best.json")
+        self.best = None
+        if self.metric and os.path.exists(self.best_file):
+            with open(self.best_file) as f:
+                self.best = json.load(f).get("value")
+
+    def due(self, prev: int, step: int, total: int) -> bool:
+        return bool(self.every) and (step // self.every > prev // self.every or step == total)
+
+    def __call__(self, state, step: int, config) -> dict:
+        res = self.evaluator(self.lib.sample_batches(
+            self.sampler, state.g_params, state.g_stats, self.key, int(config.eval.num),
+            int(config.model.z_dim), mixture=self.dataset.is_mixture))
+        res = {f"eval/{k}": float(v) for k, v in res.items()}
+        if self.metric:
+            value = res[f"eval/{self.metric}"]
+            if self.lib.is_better(self.metric, value, self.best):
+                self.best = value
+                mngr = ckpt_lib.manager(self.best_dir, keep=1)
+                ckpt_lib.save(mngr, state, config)
+                mngr.wait_until_finished()
+                images_lib.atomic_write(self.best_file, lambda f: f.write(json.dumps(
+                    {"metric": self.metric, "value": value, "step": step}).encode()))
+        return res
 
 
 def _check_finite(metrics: dict, step: int) -> None:

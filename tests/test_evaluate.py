@@ -157,12 +157,13 @@ def test_stacked_mnist_modes_from_per_channel_predictions(digits, digits_clf):
 
 
 def _untrained_image_checkpoint(workdir: str):
-    """A step-0 checkpoint of the tiny DCGAN recipe, saved the way train.py saves it (compiling
-    the training step would cost ~40 s on 2 shared CPU cores)."""
+    """A step-0 checkpoint of a tiny MLP-on-digits recipe, saved the way train.py saves it
+    (compiling a training step would cost ~40 s on 2 shared CPU cores)."""
     from conftest import tiny_image_config
     from jaxgan import models, optim
     from jaxgan import state as state_lib
-    config = tiny_image_config()
+    config = tiny_image_config(**{"model.arch": "mlp", "model.hidden": (16, 16),
+                                  "model.g_norm": "none", "model.d_norm": "none"})
     generator, critic = models.build(config)
     g_tx, d_tx = optim.make(config)
     state = jax.jit(lambda: state_lib.create(0, generator, critic, g_tx, d_tx,

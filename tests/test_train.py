@@ -120,3 +120,17 @@ def test_cli_errors_are_one_line_with_exit_code_2(tmp_path):
     r = _cli("jaxgan.sample", "--workdir", str(tmp_path / "missing"), "--out", "x.png")
     assert r.returncode == 2 and "does not exist" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_periodic_evaluation_keeps_the_best_checkpoint(tmp_path):
+    c = tiny_ring_config(**{"eval.every": 2, "eval.num": 200,
+                            "eval.best_metric": "modes/high_quality"})
+    train_lib.train_and_evaluate(c, str(tmp_path), progress=False)
+    lines = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
+    evals = [l for l in lines if "eval/modes/high_quality" in l]
+    assert [l["step"] for l in evals] == [2, 4]
+    best = json.load(open(tmp_path / "best" / "best.json"))
+    assert best["value"] == max(l["eval/modes/high_quality"] for l in evals)
+    # the best state is itself a workdir that sample can read
+    _, points = sample_lib.generate(str(tmp_path / "best"), 5)
+    assert points.shape == (5, 2)
