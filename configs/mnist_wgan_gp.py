@@ -22,8 +22,8 @@ def get_config():
     c.optim.d = adam(1e-4, 0.5, 0.9)
     c.train.n_critic = 5
     c.train.batch_size = 64
-    c.train.steps = 3000
+    c.train.steps = 2000
     c.train.log_every = 100
-    c.train.sample_every = 500
-    c.train.checkpoint_every = 1000
+    c.train.sample_every = 250
+    c.train.checkpoint_every = 250
     return c

@@ -112,6 +112,27 @@ def check_keys(config, reference=None, prefix="") -> None:
             if not isinstance(value, ml_collections.ConfigDict):
                 raise ConfigError(f"config key '{prefix}{key}' must be a group, got {value!r}")
             check_keys(value, ref, prefix=f"{prefix}{key}.")
+        else:
+            _check_type(f"{prefix}{key}", value, ref)
+
+
+def _check_type(name: str, value, ref) -> None:
+    """A value of the reference's kind: int for int, number for float, str, bool, sequence."""
+    if isinstance(ref, bool):
+        ok = isinstance(value, bool)
+    elif isinstance(ref, int):
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif isinstance(ref, float):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    elif isinstance(ref, str):
+        ok = isinstance(value, str)
+    elif isinstance(ref, (tuple, list)):
+        ok = isinstance(value, (tuple, list))
+    else:
+        ok = True
+    if not ok:
+        raise ConfigError(f"config key '{name}' must be {type(ref).__name__} like {ref!r}, "
+                          f"got {value!r}")
 
 
 def image_base(size: int) -> int:
@@ -158,6 +179,10 @@ def validate(config) -> None:
         raise ConfigError("eval.best_metric needs periodic evaluation: set eval.every=K")
     if c.train.critic_loop not in ("auto", "scan", "unrolled"):
         raise ConfigError(f"train.critic_loop={c.train.critic_loop!r}; use auto, scan or unrolled")
+    if not all(isinstance(w, int) and not isinstance(w, bool) and w > 0 for w in c.model.hidden):
+        raise ConfigError(f"model.hidden={tuple(c.model.hidden)!r}; use positive integer widths")
+    if float(c.loss.gp_weight) < 0:
+        raise ConfigError(f"loss.gp_weight={c.loss.gp_weight}; the penalty weight must be >= 0")
     if int(c.model.z_dim) < 1:
         raise ConfigError(f"model.z_dim={c.model.z_dim}; it must be at least 1")
     for side in ("g", "d"):

@@ -6,6 +6,7 @@ point is `train_and_evaluate(config, workdir)`, which the tests call too.
 from __future__ import annotations
 
 import contextlib
+import difflib
 import json
 import math
 import os
@@ -23,6 +24,7 @@ from jaxgan import data as data_lib
 from jaxgan import images as images_lib
 from jaxgan import models
 from jaxgan import optim
+from jaxgan import plots
 from jaxgan import state as state_lib
 from jaxgan import step as step_lib
 
@@ -236,7 +238,7 @@ def train_and_evaluate(config, workdir: str, progress: bool = True, log=print):
                     bar.update(k)
                 if crossed(prev, step, int(t.log_every)):
                     metrics_host = {key: float(v) for key, v in jax.device_get(metrics).items()}
-                    _check_finite(metrics_host, step)
+                    _check_finite(metrics_host, step, mngr.latest_step() is not None)
                     now = time.perf_counter()
                     rate = (step - last_step) / max(now - last_time, 1e-9)
                     last_time, last_step = now, step
@@ -249,6 +251,7 @@ def train_and_evaluate(config, workdir: str, progress: bool = True, log=print):
                                          "img/s": f"{metrics_host['train/images_per_sec']:.0f}"})
                 if crossed(prev, step, int(t.sample_every)):
                     _save_samples(workdir, step, sampler, state, grid_z, dataset, logs)
+                    plots.plot_losses(logs.path, os.path.join(workdir, "losses.png"))
                 if periodic_eval.due(prev, step, total):
                     logs.scalars(step, periodic_eval(state, step, config))
                 if crossed(prev, step, int(t.checkpoint_every)) or stop.signum is not None:
@@ -267,6 +270,7 @@ def train_and_evaluate(config, workdir: str, progress: bool = True, log=print):
             stream.close()
         mngr.wait_until_finished()
         logs.close()
+        plots.plot_losses(logs.path, os.path.join(workdir, "losses.png"))  # never raises
     return state, metrics_host
 
 
@@ -314,11 +318,13 @@ class _PeriodicEval:
         return res
 
 
-def _check_finite(metrics: dict, step: int) -> None:
+def _check_finite(metrics: dict, step: int, has_checkpoint: bool) -> None:
     bad = sorted(k for k, v in metrics.items() if not math.isfinite(v))
     if bad:
+        kept = ("the last good checkpoint is kept" if has_checkpoint
+                else "no checkpoint was written yet")
         raise DivergenceError(
-            f"non-finite {', '.join(bad)} at step {step}; the last good checkpoint is kept. "
+            f"non-finite {', '.join(bad)} at step {step}; {kept}. "
             "Lower the learning rates or try loss.name='wgan-gp'")
 
 
@@ -331,32 +337,75 @@ def _check_state_finite(state, step: int) -> None:
             "Lower the learning rates or try loss.name='wgan-gp'")
 
 
+def _flag_error(e: BaseException, argv) -> str:
+    """One line for what absl / ml_collections raise on a bad --config or --config.* flag."""
+    if isinstance(e, (AttributeError, KeyError)):  # an override names no key of the recipe
+        names = [a.split("=")[0][2:] for a in argv[1:] if a.startswith("--config.")]
+        recipe = config_lib.base_config()
+        for name in names:
+            node, path = recipe, name.split(".")[1:]
+            for i, part in enumerate(path):
+                if not hasattr(node, "keys") or part not in node:
+                    keys = list(node.keys()) if hasattr(node, "keys") else []
+                    near = difflib.get_close_matches(part, keys, n=1)
+                    hint = (f"; did you mean --config.{'.'.join(path[:i] + [near[0]])}?"
+                            if near else "")
+                    return f"unknown config key '{'.'.join(path)}' in --{name}{hint}"
+                node = node[part]
+    if isinstance(e, OSError):  # "Failed loading config file ...\n ... [Errno 2] ..."
+        path = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+        path = path or next((argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--config"),
+                            "?")
+        return f"cannot load the recipe --config {path}: {str(e).strip().splitlines()[-1].strip()}"
+    return " ".join(str(e).split())
+
+
 def main(argv=None) -> int:
     from absl import app, flags, logging
     from ml_collections import config_flags
 
-    config_flags.DEFINE_config_file("config", DEFAULT_CONFIG, "Recipe file (configs/*.py).",
-                                    lock_config=True)
+    argv = list(sys.argv if argv is None else argv)
+
+    def fail(e):
+        print(f"error: {_flag_error(e, argv)}", file=sys.stderr)
+        sys.exit(2)
+
+    try:  # config_flags resolves --config.* overrides here: an unknown key raises now
+        config_flags.DEFINE_config_file("config", DEFAULT_CONFIG, "Recipe file (configs/*.py).",
+                                        lock_config=True, sys_argv=argv)
+    except Exception as e:
+        fail(e)
     flags.DEFINE_string("workdir", "runs/default", "Where checkpoints, samples and logs go.")
     flags.DEFINE_bool("progress", True, "Show a tqdm progress bar.")
 
-    def _main(argv):
-        if len(argv) > 1:
-            raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    def parse(args):
+        try:
+            rest = flags.FLAGS(args)
+            flags.FLAGS.config.keys()  # a recipe that failed to load raises here, not mid-run
+            return rest
+        except Exception as e:  # flags.Error (bad value or type), OSError (missing file), ...
+            fail(e)
+
+    def _main(rest):
+        if len(rest) > 1:
+            print(f"error: unexpected arguments: {' '.join(rest[1:])}", file=sys.stderr)
+            sys.exit(2)
         logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO
         f = flags.FLAGS
         try:
-            train_and_evaluate(f.config, f.workdir, progress=f.progress)
+            state, _ = train_and_evaluate(f.config, f.workdir, progress=f.progress)
         except (config_lib.ConfigError, data_lib.DataError, ckpt_lib.CheckpointError) as e:
             print(f"error: {e}", file=sys.stderr)
             sys.exit(2)
         except DivergenceError as e:
             print(f"error: {e}", file=sys.stderr)
             sys.exit(3)
-        print(f"done: samples in {os.path.join(f.workdir, 'samples')}, checkpoints in "
-              f"{ckpt_lib.checkpoint_dir(f.workdir)}")
+        if int(state.step) >= int(f.config.train.steps):
+            print(f"done: samples in {os.path.join(f.workdir, 'samples')}, checkpoints in "
+                  f"{ckpt_lib.checkpoint_dir(f.workdir)}, curves in "
+                  f"{os.path.join(f.workdir, 'losses.png')}")
 
-    app.run(_main, argv=argv)
+    app.run(_main, argv=argv, flags_parser=parse)
     return 0
 
 

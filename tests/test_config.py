@@ -171,8 +171,6 @@ GAPS = {
 
 
 @pytest.mark.parametrize("name", list(GAPS))
-@pytest.mark.xfail(strict=True, reason="not validated yet by jaxgan.config.validate "
-                                       "(reported; remove this mark once it is)")
 def test_validation_gaps(name):
     config, pattern = GAPS[name]
     with pytest.raises(ConfigError, match=pattern):
@@ -228,32 +226,23 @@ def test_cli_bad_value_is_one_line_exit_2(cli):
     _one_line_exit_2(cli, "bad value through an override", "loss.name='wgangp'", "wgan-gp")
 
 
-UNFIXED_CLI = pytest.mark.xfail(strict=True, reason=(
-    "jaxgan.train main(): ml_collections.config_flags fails before/outside the ConfigError "
-    "handler (traceback or absl 'FATAL Flags parsing error', exit code 1); see the report"))
 
-
-@UNFIXED_CLI
 def test_cli_unknown_override_key_is_one_line_exit_2(cli):
     _one_line_exit_2(cli, "unknown override key", "model.nope")
 
 
-@UNFIXED_CLI
 def test_cli_unknown_override_key_suggests_the_nearest(cli):
     _one_line_exit_2(cli, "unknown override key with a near one", "train.stepz", "train.steps")
 
 
-@UNFIXED_CLI
 def test_cli_missing_recipe_file_is_one_line_exit_2(cli):
     _one_line_exit_2(cli, "missing recipe file", "missing.py")
 
 
-@UNFIXED_CLI
 def test_cli_wrong_type_is_one_line_exit_2(cli):
     _one_line_exit_2(cli, "wrong type through an override", "train.steps", "abc")
 
 
-@UNFIXED_CLI
 def test_cli_value_for_a_group_is_one_line_exit_2(cli):
     _one_line_exit_2(cli, "a value for a group", "model")
 

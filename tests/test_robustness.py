@@ -214,3 +214,29 @@ def test_a_nan_stops_training_with_exit_3_and_keeps_the_last_good_checkpoint(tmp
             for n in os.listdir(os.path.join(work, "checkpoints"))} == stamps
     for x, y in zip(jax.tree.leaves(before[2]), jax.tree.leaves(after[2])):
         np.testing.assert_array_equal(x, y)
+
+
+def test_the_losses_plot_never_raises_into_training(tmp_path, caplog):
+    from jaxgan import plots
+    out = str(tmp_path / "losses.png")
+    assert plots.plot_losses(str(tmp_path / "missing.jsonl"), out) is None
+    path = tmp_path / "metrics.jsonl"
+    path.write_text("not json\n[1, 2]\n{\"no_step\": 1}\n")
+    assert plots.plot_losses(str(path), out) is None and not os.path.exists(out)
+    rows = [{"step": i, "d/loss": 1.0 / i, "g/loss": float(i), "d/wasserstein": -0.1 * i,
+             "d/gp": 0.5, "d/grad_norm": 2.0, "g/grad_norm": 0.0, "train/images_per_sec": 100.0}
+            for i in range(1, 1001)]
+    rows[500]["g/loss"] = float("nan")  # json writes NaN; a diverged run logs one at most
+    with open(path, "a") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+        f.write('{"step": 1001, "d/lo')  # a line cut short by kill -9
+    start = time.perf_counter()
+    assert plots.plot_losses(str(path), out) == out
+    print(f"losses.png from 1000 lines in {time.perf_counter() - start:.2f}s")
+    assert open(out, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    assert [n for n in os.listdir(tmp_path) if n.endswith(".tmp.png")] == []
+    # an unwritable destination is logged, not raised
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    assert plots.plot_losses(str(path), str(blocker / "losses.png")) is None
+    assert "could not write" in caplog.text

@@ -1,0 +1,471 @@
+"""Training-step speed of the HW6 DCGAN: jaxgan against PyTorch, measured in the same run.
+
+    python scripts/benchmark.py                       # CPU, batch 64, f32, gan + wgan-gp
+    python scripts/benchmark.py --device gpu --dtype bfloat16 --batch 512 --peak_tflops 989
+
+Model: configs/hw6_anime.py (64x64x3, DCGAN, 5x5 transposed convs, z 100, Adam 1e-4 b1 0.5).
+  gan      HW6 exactly: batch norm in G and D, n_critic 1, BCE on logits (non-saturating G).
+  wgan-gp  layer-norm critic (model.d_norm='layer'), n_critic 5, gradient penalty 10.
+PyTorch: scripts/torch_reference.py, the same architecture, init, optimizers, batch, n_critic
+and losses (penalty via autograd.grad(create_graph=True)); eager, and torch.compile where it works.
+
+Each variant runs in its own worker process (so peak memory is its own and thread settings do
+not leak) and the parent interleaves the timed repeats round-robin (A B C A B C ...), so a load
+spike on a shared machine hits every variant alike. A repeat is `--steps` full training steps
+(n_critic critic updates + 1 generator update each) ended by block_until_ready / synchronize;
+compilation and `--warmup` steps are excluded. Reported: median seconds per step, images/second
+(real images consumed: batch * n_critic per step, as jaxgan.train logs it), compile time (jaxgan:
+trace + lower + XLA compile of the step; torch.compile: the first steps minus a normal step),
+peak memory (CPU: the worker's peak RSS, and its rise over the worker's RSS before the models
+were built; GPU: peak device bytes), and ratios jaxgan / torch.
+
+Data: random uint8 images resident on the device, gathered by index inside the step for both
+(the step is measured, not the input pipeline). FLOPs (GPU MFU, or whenever --peak_tflops is
+given): XLA's cost analysis of the jaxgan step lowered with the n_critic loop unrolled and the
+plain transposed-conv formulation, i.e. model FLOPs (the sub-pixel kernel's zero taps are not
+counted); the same count is used for torch's MFU.
+
+Knobs for profiling jaxgan (monkeypatched here; jaxgan itself is not changed):
+  --upsample auto|subpixel|transpose   TorchConvTranspose implementation
+  --critic_loop auto|scan|unrolled     n_critic loop form
+  --xla_flags "..."                    appended to XLA_FLAGS in the jaxgan workers
+  --variants jaxgan:upsample=transpose,jaxgan:critic_loop=scan,...  extra jaxgan variants
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+FALLBACK_TORCH_PYTHON = "/tmp/pvenv/bin/python"
+
+
+# ----------------------------------------------------------------------------- workers
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def _hw6_config(loss: str, batch: int, critic_loop: str):
+    sys.path.insert(0, os.path.join(REPO, "configs"))
+    import hw6_anime
+
+    c = hw6_anime.get_config()
+    c.data.name = "folder"
+    c.data.path = "<random uint8>"
+    c.train.batch_size = batch
+    c.train.critic_loop = critic_loop
+    if loss == "wgan-gp":
+        c.loss.name = "wgan-gp"
+        c.model.d_norm = "layer"
+        c.train.n_critic = 5
+    return c
+
+
+def _jax_worker(spec: dict, send) -> None:
+    if spec.get("xla_flags"):
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + spec["xla_flags"]).strip()
+    if spec["device"] == "cpu":
+        os.environ["JAX_PLATFORMS"] = "cpu"
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    sys.path.insert(0, REPO)
+    from jaxgan import config as config_lib, layers, models, optim
+    from jaxgan import state as state_lib, step as step_lib
+
+    if spec["upsample"] != "auto":
+        layers.default_upsample_impl = lambda backend: spec["upsample"]
+    dtype = jnp.bfloat16 if spec["dtype"] == "bfloat16" else jnp.float32
+    c = _hw6_config(spec["loss"], spec["batch"], spec["critic_loop"])
+    config_lib.validate(c)
+    n_img = spec["num_images"]
+    rng = np.random.default_rng(0)
+    data = {"images": jax.device_put(rng.integers(0, 256, (n_img, 64, 64, 3), dtype=np.uint8))}
+    jax.block_until_ready(data)
+    rss0 = _rss_mb()
+    g, d = models.build(c, dtype=dtype)
+    g_tx, d_tx = optim.make(c)
+    create = jax.jit(lambda: state_lib.create(int(c.seed), g, d, g_tx, d_tx, int(c.model.z_dim),
+                                              models.data_shape(c), n_img))
+    # Random initializers compile slowly on XLA:CPU and are not what is measured.
+    state = create.lower().compile({"xla_backend_optimization_level": 0})()
+
+    t0 = time.perf_counter()
+    step_fn = step_lib.make_train_step(g, d, g_tx, d_tx, c)
+    lowered = jax.jit(step_fn, donate_argnums=0).lower(state, data)
+    t1 = time.perf_counter()
+    step = lowered.compile()
+    t2 = time.perf_counter()
+    info = {"compile_s": t2 - t0, "trace_lower_s": t1 - t0, "xla_compile_s": t2 - t1,
+            "backend": jax.default_backend(), "devices": len(jax.devices()),
+            "device_kind": jax.devices()[0].device_kind,
+            "loop": step_lib.loop_kind(c.train.critic_loop),
+            "upsample": layers.default_upsample_impl(jax.default_backend())}
+    if spec["count_flops"]:
+        info["flops"] = _model_flops(c, dtype, state, data)
+    for _ in range(spec["warmup"]):
+        state, _ = step(state, data)
+    jax.block_until_ready(state)
+
+    def run(n):
+        nonlocal state
+        t = time.perf_counter()
+        for _ in range(n):
+            state, metrics = step(state, data)
+        jax.block_until_ready((state, metrics))
+        return time.perf_counter() - t, {k: float(v) for k, v in jax.device_get(metrics).items()}
+
+    def memory():
+        out = {"peak_rss_mb": _peak_rss_mb(), "rss_before_models_mb": rss0}
+        try:
+            stats = jax.devices()[0].memory_stats() or {}
+            if "peak_bytes_in_use" in stats:
+                out["device_peak_mb"] = stats["peak_bytes_in_use"] / 2**20
+        except Exception:  # CPU devices have no memory stats
+            pass
+        return out
+
+    _serve(send, info, run, memory, spec["steps"])
+
+
+def _model_flops(c, dtype, state, data) -> float:
+    """XLA cost-analysis FLOPs of one step with the plain transposed conv and an unrolled loop."""
+    import jax
+
+    from jaxgan import layers, models, optim
+    from jaxgan import step as step_lib
+
+    saved = layers.default_upsample_impl
+    layers.default_upsample_impl = lambda backend: "transpose"
+    try:
+        c = c.copy_and_resolve_references()
+        c.train.critic_loop = "unrolled"
+        g, d = models.build(c, dtype=dtype)
+        g_tx, d_tx = optim.make(c)
+        lowered = jax.jit(step_lib.make_train_step(g, d, g_tx, d_tx, c)).lower(state, data)
+        cost = lowered.cost_analysis()
+        cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+        return float(cost["flops"])
+    finally:
+        layers.default_upsample_impl = saved
+
+
+def _torch_worker(spec: dict, send) -> None:
+    import torch
+
+    sys.path.insert(0, HERE)
+    import torch_reference
+
+    gpu = spec["device"] == "gpu"
+    if not gpu:
+        torch.set_num_threads(spec["threads"])
+        try:
+            torch.set_num_interop_threads(1)
+        except RuntimeError:
+            pass
+    dev = "cuda" if gpu else "cpu"
+    amp = torch.bfloat16 if spec["dtype"] == "bfloat16" else None
+    n_critic = 5 if spec["loss"] == "wgan-gp" else 1
+    if gpu:
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    rss0 = _rss_mb()
+    step, _ = torch_reference.make_step(
+        spec["loss"], spec["batch"], n_critic, lr=1e-4, device=dev, amp_dtype=amp,
+        channels_last=gpu, compile_mode="default" if spec["impl"] == "torch-compile" else None,
+        num_images=spec["num_images"])
+
+    def sync():
+        if gpu:
+            torch.cuda.synchronize()
+
+    # compile / autotune / allocator warm-up happen in the first steps
+    t0 = time.perf_counter()
+    out = step()
+    sync()
+    first = time.perf_counter() - t0
+    for _ in range(max(spec["warmup"], 1)):
+        step()
+    sync()
+    t0 = time.perf_counter()
+    step()
+    sync()
+    normal = time.perf_counter() - t0
+    info = {"compile_s": max(first - normal, 0.0) if spec["impl"] == "torch-compile" else None,
+            "first_step_s": first, "torch": torch.__version__,
+            "threads": torch.get_num_threads(), "interop_threads": torch.get_num_interop_threads()}
+    if gpu:
+        torch.cuda.reset_peak_memory_stats()
+
+    def run(n):
+        t = time.perf_counter()
+        for _ in range(n):
+            out = step()
+        sync()
+        dt = time.perf_counter() - t
+        return dt, {"d/loss": float(out[0]), "g/loss": float(out[1])}
+
+    def memory():
+        m = {"peak_rss_mb": _peak_rss_mb(), "rss_before_models_mb": rss0}
+        if gpu:
+            m["device_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
+        return m
+
+    del out
+    _serve(send, info, run, memory, spec["steps"])
+
+
+def _serve(send, info, run, memory, steps) -> None:
+    """Line protocol on stdin/stdout: 'run' -> {'t': seconds}, 'done' -> memory, exit."""
+    send({"ready": info})
+    for line in sys.stdin:
+        cmd = line.strip()
+        if cmd == "run":
+            t, metrics = run(steps)
+            send({"t": t, "metrics": metrics})
+        elif cmd == "done":
+            send({"memory": memory()})
+            return
+
+
+def worker_main(spec_json: str) -> None:
+    spec = json.loads(spec_json)
+    out = sys.stdout
+    sys.stdout = sys.stderr  # library chatter must not corrupt the protocol
+
+    def send(obj):
+        out.write("@@" + json.dumps(obj) + "\n")
+        out.flush()
+
+    try:
+        if spec["impl"].startswith("jaxgan"):
+            _jax_worker(spec, send)
+        else:
+            _torch_worker(spec, send)
+    except Exception as e:  # report, the parent prints it in the table
+        import traceback
+
+        traceback.print_exc()
+        send({"error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]})
+
+
+# ----------------------------------------------------------------------------- parent
+
+
+class Worker:
+    def __init__(self, name: str, python: str, spec: dict, env: dict, log):
+        self.name, self.spec = name, spec
+        self.log = log
+        self.proc = subprocess.Popen(
+            [python, os.path.abspath(__file__), "--worker", json.dumps(spec)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True, env=env,
+            cwd=REPO)
+        self.times: list[float] = []
+        self.info: dict = {}
+        self.error: str | None = None
+        self.metrics: dict = {}
+        self.memory: dict = {}
+
+    def recv(self) -> dict:
+        while True:
+            line = self.proc.stdout.readline()
+            if not line:
+                return {"error": f"worker exited (code {self.proc.wait()}); see the log"}
+            if line.startswith("@@"):
+                return json.loads(line[2:])
+
+    def start(self) -> None:
+        msg = self.recv()
+        if "error" in msg:
+            self.error = msg["error"]
+        else:
+            self.info = msg["ready"]
+
+    def repeat(self) -> None:
+        if self.error:
+            return
+        self.proc.stdin.write("run\n")
+        self.proc.stdin.flush()
+        msg = self.recv()
+        if "error" in msg:
+            self.error = msg["error"]
+            return
+        self.times.append(msg["t"] / self.spec["steps"])
+        self.metrics = msg["metrics"]
+
+    def finish(self) -> None:
+        if not self.error:
+            self.proc.stdin.write("done\n")
+            self.proc.stdin.flush()
+            msg = self.recv()
+            self.memory = msg.get("memory", {})
+        try:
+            self.proc.stdin.close()
+        except Exception:
+            pass
+        self.proc.wait(timeout=60)
+
+
+def _parse_variants(text: str) -> list[tuple[str, dict]]:
+    """'jaxgan:upsample=transpose;critic_loop=scan,torch-eager' -> [(impl, overrides)]."""
+    out = []
+    for item in filter(None, (s.strip() for s in text.split(","))):
+        impl, _, rest = item.partition(":")
+        kv = dict(p.split("=", 1) for p in rest.split(";") if p) if rest else {}
+        out.append((impl, kv))
+    return out
+
+
+def _label(impl: str, kv: dict) -> str:
+    return impl + ("[" + ",".join(f"{k}={v}" for k, v in kv.items()) + "]" if kv else "")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 epilog=__doc__.split("\n\n", 2)[2])
+    ap.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+    ap.add_argument("--losses", default="gan,wgan-gp")
+    ap.add_argument("--impls", default="jaxgan,torch-eager,torch-compile",
+                    help="comma list of jaxgan, torch-eager, torch-compile")
+    ap.add_argument("--variants", default="",
+                    help="extra variants, e.g. 'jaxgan:upsample=transpose,jaxgan:critic_loop=scan'")
+    ap.add_argument("--upsample", default="auto", choices=("auto", "subpixel", "transpose"))
+    ap.add_argument("--critic_loop", default="auto", choices=("auto", "scan", "unrolled"))
+    ap.add_argument("--xla_flags", default="")
+    ap.add_argument("--repeats", type=int, default=5, help="timed repeats per variant (median)")
+    ap.add_argument("--steps", type=int, default=1, help="training steps per timed repeat")
+    ap.add_argument("--warmup", type=int, default=1, help="untimed steps after compilation")
+    ap.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)),
+                    help="torch intra-op threads on CPU (XLA:CPU uses one per core it may run on)")
+    ap.add_argument("--num_images", type=int, default=1024, help="device-resident random images")
+    ap.add_argument("--peak_tflops", type=float, default=0.0,
+                    help="accelerator peak (dense, this dtype) for model FLOPs utilization")
+    ap.add_argument("--torch_python", default="",
+                    help="interpreter for torch workers (default: this one if it imports torch, "
+                         f"else {FALLBACK_TORCH_PYTHON})")
+    ap.add_argument("--json", default="", help="also write all results here")
+    ap.add_argument("--log", default="", help="worker stderr (default: a temp file)")
+    ap.add_argument("--worker", default="", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.worker:
+        worker_main(args.worker)
+        return 0
+
+    torch_python = args.torch_python or sys.executable
+    if not args.torch_python:
+        probe = subprocess.run([sys.executable, "-c", "import torch"], capture_output=True)
+        if probe.returncode != 0 and os.path.exists(FALLBACK_TORCH_PYTHON):
+            torch_python = FALLBACK_TORCH_PYTHON
+    log_path = args.log or os.path.join("/tmp", f"jaxgan_benchmark_{os.getpid()}.log")
+    log = open(log_path, "w")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")])))
+    if args.device == "cpu":
+        env["CUDA_VISIBLE_DEVICES"] = ""
+        env.setdefault("OMP_NUM_THREADS", str(args.threads))
+
+    variants = [(impl, {}) for impl in args.impls.split(",") if impl]
+    variants += _parse_variants(args.variants)
+    count_flops = args.device == "gpu" or args.peak_tflops > 0
+    print(f"# {' '.join([os.path.basename(sys.executable), 'scripts/benchmark.py'] + (argv if argv is not None else sys.argv[1:]))}")
+    print(f"# device={args.device} batch={args.batch} dtype={args.dtype} cpus={len(os.sched_getaffinity(0))} "
+          f"load={os.getloadavg()[0]:.1f} repeats={args.repeats} x {args.steps} step(s), "
+          f"warmup={args.warmup}; torch python: {torch_python}; worker log: {log_path}")
+    results = []
+    for loss in args.losses.split(","):
+        workers = []
+        for impl, kv in variants:
+            spec = {"impl": impl, "loss": loss, "device": args.device, "batch": args.batch,
+                    "dtype": args.dtype, "steps": args.steps, "warmup": args.warmup,
+                    "threads": args.threads, "num_images": args.num_images,
+                    "upsample": kv.get("upsample", args.upsample),
+                    "critic_loop": kv.get("critic_loop", args.critic_loop),
+                    "xla_flags": kv.get("xla_flags", args.xla_flags),
+                    "count_flops": count_flops and impl == "jaxgan" and not kv}
+            w = Worker(_label(impl, kv), sys.executable if impl == "jaxgan" else torch_python,
+                       spec, env, log)
+            w.start()  # one at a time: compile times are not disturbed by each other
+            workers.append(w)
+        for _ in range(args.repeats):
+            for w in workers:
+                w.repeat()
+        for w in workers:
+            w.finish()
+        results += _report(loss, workers, args)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2)
+    return 0
+
+
+def _report(loss: str, workers, args) -> list[dict]:
+    n_critic = 5 if loss == "wgan-gp" else 1
+    flops = next((w.info.get("flops") for w in workers if w.info.get("flops")), None)
+    ref = {w.name: statistics.median(w.times) for w in workers if w.times}
+    base = ref.get("jaxgan")
+    print(f"\n## {loss} (n_critic={n_critic}, batch {args.batch}, {args.dtype})")
+    head = f"{'variant':<34}{'ms/step':>9}{'img/s':>8}{'compile s':>10}{'peak MB':>9}{'+MB':>7}"
+    head += f"{'jaxgan/this':>12}" + (f"{'MFU':>7}" if args.peak_tflops and flops else "")
+    print(head)
+    rows = []
+    for w in workers:
+        row = {"loss": loss, "variant": w.name, **{k: w.info.get(k) for k in w.info},
+               "memory": w.memory, "times_s": w.times, "error": w.error, "metrics": w.metrics}
+        rows.append(row)
+        if w.error or not w.times:
+            print(f"{w.name:<34}  failed: {w.error}")
+            continue
+        t = statistics.median(w.times)
+        ips = args.batch * n_critic / t
+        comp = w.info.get("compile_s")
+        mem = w.memory.get("device_peak_mb") or w.memory.get("peak_rss_mb", 0)
+        rise = (w.memory.get("peak_rss_mb", 0) - w.memory.get("rss_before_models_mb", 0)
+                if "device_peak_mb" not in w.memory else float("nan"))
+        ratio = (t / base) if base else float("nan")  # >1: jaxgan faster than this variant
+        line = (f"{w.name:<34}{1e3 * t:>9.0f}{ips:>8.1f}"
+                f"{(f'{comp:.1f}' if comp is not None else '-'):>10}{mem:>9.0f}{rise:>7.0f}"
+                f"{ratio:>11.2f}x")
+        if args.peak_tflops and flops:
+            mfu = flops / t / (args.peak_tflops * 1e12)
+            row["mfu"] = mfu
+            line += f"{100 * mfu:>6.1f}%"
+        row.update({"median_s": t, "images_per_s": ips, "jaxgan_speedup": ratio})
+        print(line)
+    extra = []
+    for w in workers:
+        if "threads" in w.info:
+            extra.append(f"{w.name}: torch {w.info['torch']} threads={w.info['threads']} "
+                         f"interop={w.info['interop_threads']}")
+        if "loop" in w.info:
+            extra.append(f"{w.name}: {w.info['backend']} x{w.info['devices']} loop={w.info['loop']} "
+                         f"upsample={w.info['upsample']} trace+lower {w.info['trace_lower_s']:.1f}s "
+                         f"+ XLA {w.info['xla_compile_s']:.1f}s")
+        if w.times:
+            extra.append(f"{w.name}: ms/step per repeat " + " ".join(f"{1e3 * x:.0f}" for x in w.times))
+    if flops:
+        extra.append(f"model FLOPs/step (XLA cost analysis, transpose conv, unrolled): {flops / 1e9:.1f} G")
+    for e in extra:
+        print("#   " + e)
+    return rows
+
+
+if __name__ == "__main__":
+    sys.exit(main())
