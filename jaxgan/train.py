@@ -99,6 +99,16 @@ def _sharding():
     return (jax.sharding.NamedSharding(mesh, P()), jax.sharding.NamedSharding(mesh, P("data")))
 
 
+def _data_sharding(dataset, replicated, batch_sharding):
+    """Resident images are split over the devices (each holds N/devices) when N divides evenly;
+    XLA turns the in-step gather into a collective. Otherwise (and for mixtures) replicated."""
+    if batch_sharding is None or dataset.is_mixture:
+        return replicated
+    if dataset.num_examples % len(batch_sharding.mesh.devices.flat):
+        return replicated
+    return batch_sharding
+
+
 def _steps_per_call(config) -> int:
     every = [int(config.train[k]) for k in ("log_every", "sample_every", "checkpoint_every")]
     return max(1, min(int(config.train.steps_per_call), *every))
@@ -184,7 +194,8 @@ def train_and_evaluate(config, workdir: str, progress: bool = True, log=print):
         state = jax.device_put(state, replicated)
     stream = None
     if dataset.is_mixture or data_lib.fits_device(dataset, config):
-        device_data = data_lib.device_data(dataset, replicated)
+        device_data = data_lib.device_data(dataset, _data_sharding(dataset, replicated,
+                                                                   batch_sharding))
     else:  # too big for the device budget: a background thread feeds uint8 batches
         P = jax.sharding.PartitionSpec
         stream = data_lib.Prefetcher(

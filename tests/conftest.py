@@ -1,7 +1,13 @@
 """Shared tiny recipes: small models, few steps, so the whole suite stays fast on 2 CPU cores."""
 import os
+import tempfile
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# One XLA compilation cache for the session and the CLI subprocesses it starts: many tests compile
+# the same tiny step, and each subprocess would otherwise compile from scratch.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="jaxgan-xla-"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 import pytest  # noqa: E402
 

@@ -134,3 +134,19 @@ def test_periodic_evaluation_keeps_the_best_checkpoint(tmp_path):
     # the best state is itself a workdir that sample can read
     _, points = sample_lib.generate(str(tmp_path / "best"), 5)
     assert points.shape == (5, 2)
+
+
+def test_a_short_ring_run_captures_most_modes(tmp_path):
+    """1000 steps of the original GAN on the 8-Gaussian ring (PacGAN geometry) find most modes."""
+    from jaxgan.data import mixture_centers
+    from jaxgan.metrics.mixtures import mode_metrics
+    c = tiny_ring_config(**{"model.hidden": (256, 256, 256), "train.batch_size": 256,
+                            "train.steps": 1000, "train.log_every": 500,
+                            "train.sample_every": 1000, "train.checkpoint_every": 1000,
+                            "optim.g.lr": 1e-3, "optim.d.lr": 1e-3})
+    train_lib.train_and_evaluate(c, str(tmp_path), progress=False)
+    _, points = sample_lib.generate(str(tmp_path), 2500)
+    centers, sigma = mixture_centers("ring")
+    m = mode_metrics(points, centers, sigma)
+    assert m["modes"] >= 6, m
+    assert m["high_quality"] > 0.2, m
