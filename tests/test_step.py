@@ -32,7 +32,8 @@ def _adam_count(opt_state):
 
 
 def test_n_critic_critic_updates_per_generator_update():
-    c = tiny_image_config(**{"train.n_critic": 3, "loss.name": "wgan-gp", "model.d_norm": "layer"})
+    c = tiny_image_config(**{"train.n_critic": 3, "loss.name": "wgan-gp", "model.d_norm": "layer",
+                             "model.arch": "mlp", "model.hidden": (16,)})
     st, step, data = setup(c)
     for _ in range(2):
         st, _ = step(st, data)
@@ -43,9 +44,10 @@ def test_n_critic_critic_updates_per_generator_update():
 
 
 def test_scan_and_unrolled_critic_loops_compute_the_same_step():
-    c = tiny_image_config(**{"train.n_critic": 2})
+    small = {"train.n_critic": 2, "model.arch": "mlp", "model.hidden": (16, 16)}
+    c = tiny_image_config(**small)
     a, step_a, data = setup(c, "scan")
-    b, step_b, _ = setup(tiny_image_config(**{"train.n_critic": 2}), "unrolled")
+    b, step_b, _ = setup(tiny_image_config(**small), "unrolled")
     a, ma = step_a(a, data)
     b, mb = step_b(b, data)
     # Losses and statistics agree to float rounding. Parameters agree to Adam's step size: where a
@@ -61,7 +63,8 @@ def test_scan_and_unrolled_critic_loops_compute_the_same_step():
 
 
 def test_wgan_clips_every_critic_weight():
-    c = tiny_image_config(**{"loss.name": "wgan", "train.n_critic": 2})
+    c = tiny_image_config(**{"loss.name": "wgan", "train.n_critic": 2, "model.arch": "mlp",
+                             "model.hidden": (16, 16)})
     c.optim.d.lr = 0.05  # large steps push weights hard against the bound
     st, step, data = setup(c)
     assert max(float(jnp.max(jnp.abs(p))) for p in jax.tree.leaves(st.d_params)) > 0.01
