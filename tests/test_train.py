@@ -150,3 +150,20 @@ def test_a_short_ring_run_captures_most_modes(tmp_path):
     m = mode_metrics(points, centers, sigma)
     assert m["modes"] >= 6, m
     assert m["high_quality"] > 0.2, m
+
+
+def test_streaming_trains_exactly_like_the_resident_dataset(tmp_path):
+    """A dataset over data.device_budget_mb streams through data.Prefetcher; the batches, and so
+    the parameters, equal those of the device-resident gather."""
+    c = tiny_image_config(**{"model.arch": "mlp", "model.hidden": (16,), "train.steps": 4,
+                             "train.n_critic": 2, "train.checkpoint_every": 4})
+    resident, _ = train_lib.train_and_evaluate(c, str(tmp_path / "resident"), progress=False)
+    logs = []
+    streamed, _ = train_lib.train_and_evaluate(
+        tiny_image_config(**{"model.arch": "mlp", "model.hidden": (16,), "train.steps": 4,
+                             "train.n_critic": 2, "train.checkpoint_every": 4,
+                             "data.device_budget_mb": 0}),
+        str(tmp_path / "streamed"), progress=False, log=logs.append)
+    assert any(line.startswith("streaming") for line in logs), logs
+    for x, y in zip(_leaves(resident), _leaves(streamed)):
+        np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-7)
