@@ -7,6 +7,7 @@ directory and renames it when complete, so a crash mid-save leaves the previous 
 from __future__ import annotations
 
 import os
+import shutil
 
 import jax
 import ml_collections
@@ -15,6 +16,9 @@ import orbax.checkpoint as ocp
 from jaxgan.state import GANState
 
 CHECKPOINT_DIR = "checkpoints"
+# Old steps are renamed into this subdirectory before they are deleted: a kill -9 in the middle
+# of a deletion then never leaves a half-deleted step that looks like a checkpoint.
+TRASH_DIR = "deleted"
 
 
 class CheckpointError(ValueError):
@@ -29,6 +33,7 @@ def manager(workdir: str, keep: int = 3, create: bool = True) -> ocp.CheckpointM
     options = ocp.CheckpointManagerOptions(
         create=create,
         preservation_policy=ocp.checkpoint_managers.LatestN(keep),
+        todelete_subdir=TRASH_DIR,
         enable_async_checkpointing=True)
     return ocp.CheckpointManager(checkpoint_dir(workdir), options=options)
 
@@ -38,10 +43,19 @@ def save(mngr: ocp.CheckpointManager, state: GANState, config) -> None:
     step = int(jax.device_get(state.step))
     if step in mngr.all_steps():
         return
+    empty_trash(mngr)
     mngr.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state),
         generator=ocp.args.StandardSave({"params": state.g_params, "stats": state.g_stats}),
         config=ocp.args.JsonSave(config.to_dict())))
+
+
+def empty_trash(mngr: ocp.CheckpointManager) -> None:
+    """Deletes steps Orbax has already moved out of the listing (see TRASH_DIR)."""
+    trash = os.path.join(str(mngr.directory), TRASH_DIR)
+    if os.path.isdir(trash):
+        for name in os.listdir(trash):
+            shutil.rmtree(os.path.join(trash, name), ignore_errors=True)
 
 
 def restore_state(mngr: ocp.CheckpointManager, abstract_state: GANState,

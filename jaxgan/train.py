@@ -280,6 +280,7 @@ def train_and_evaluate(config, workdir: str, progress: bool = True, log=print):
         if stream is not None:
             stream.close()
         mngr.wait_until_finished()
+        ckpt_lib.empty_trash(mngr)
         logs.close()
         plots.plot_losses(logs.path, os.path.join(workdir, "losses.png"))  # never raises
     return state, metrics_host

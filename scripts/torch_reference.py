@@ -14,8 +14,9 @@ step mirror what jaxgan computes for configs/hw6_anime.py:
   Step        n_critic critic updates (each: a fresh real batch, G(z) in train mode without a
               graph, D(real), D(fake), loss (+ gradient penalty via autograd.grad with
               create_graph), Adam) then one generator update (G(z), D(G(z)) in train mode, loss,
-              Adam; D's weights frozen so only G's gradients are computed), like jaxgan.step.  Real batches: uint8 images resident on the device,
-              gathered by random index and scaled to [-1, 1] inside the step, as jaxgan gathers.
+              Adam; D's weights frozen so only G's gradients are computed), like
+              jaxgan.step.  Real batches: uint8 images resident on the device, gathered by
+              random index and scaled to [-1, 1] inside the step, as jaxgan gathers.
 """
 from __future__ import annotations
 

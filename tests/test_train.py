@@ -54,6 +54,8 @@ def test_keeps_only_the_last_n_checkpoints(tmp_path):
     c = tiny_image_config(**{"train.checkpoint_every": 1, "train.keep_checkpoints": 2})
     train_lib.train_and_evaluate(c, str(tmp_path), progress=False)
     assert ckpt_lib.manager(str(tmp_path)).all_steps() == [5, 6]
+    trash = tmp_path / "checkpoints" / ckpt_lib.TRASH_DIR  # old steps were moved, then deleted
+    assert not trash.exists() or not os.listdir(trash)
 
 
 def test_workdir_of_another_recipe_is_refused_before_training(tmp_path):
