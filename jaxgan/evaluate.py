@@ -384,6 +384,13 @@ def sample_batches(sampler, params, stats, key, num: int, z_dim: int, batch_size
 # ---------------------------------------------------------------------------- file inputs
 
 
+def _default_num(num: int | None, metrics: str) -> int:
+    """The Inception Score is defined on 50k samples; the other metrics default to 10k."""
+    if num is not None:
+        return num
+    return 50000 if "is" in [m.strip() for m in (metrics or "").split(",")] else 10000
+
+
 def load_samples(path: str) -> np.ndarray:
     """uint8[N, H, W, C] images or f32[N, 2] points from an .npz (keys `images` or `points`,
     as `jaxgan.sample --out x.npz` writes; a file with a single array works too). Float images
@@ -552,7 +559,8 @@ def _define_flags():
                         "run's data.split, else train).")
     flags.DEFINE_string("metrics", "", f"Comma list of {','.join(METRIC_GROUPS)} (default: "
                         "modes for ring/grid/stacked_mnist, classifier otherwise).")
-    flags.DEFINE_integer("num", 10000, "Samples to draw (or real images to score).")
+    flags.DEFINE_integer("num", None, "Samples to draw (or real images to score); default "
+                         "50000 when the metrics include 'is' (Salimans et al. 2016), else 10000.")
     flags.DEFINE_integer("seed", 0, "Noise seed for sampling.")
     flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
     flags.DEFINE_string("classifier", None, "Classifier .npz or its directory (default: "
@@ -585,7 +593,7 @@ def _dispatch(argv, f, log=print) -> dict:
         return meta
     record = run_evaluation(
         workdir=f.workdir or "", samples_path=f.samples or "", real_split=f.real_split or "",
-        dataset=f.dataset, data_dir=f.data_dir, split=f.split, metrics=f.metrics, num=f.num,
+        dataset=f.dataset, data_dir=f.data_dir, split=f.split, metrics=f.metrics, num=_default_num(f.num, f.metrics),
         seed=f.seed, step=f.step, classifier=f.classifier, inception=f.inception,
         stats_dir=f.stats_dir, batch_size=f.batch_size, out=f.out, download=f.download,
         log=lambda m: print(m, file=sys.stderr))

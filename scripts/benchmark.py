@@ -81,7 +81,8 @@ def _hw6_config(loss: str, batch: int, critic_loop: str):
 
 def _jax_worker(spec: dict, send) -> None:
     if spec.get("xla_flags"):
-        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + spec["xla_flags"]).strip()
+        flags = os.environ.get("XLA_FLAGS", "") + " " + spec["xla_flags"]
+        os.environ["XLA_FLAGS"] = flags.strip()
     if spec["device"] == "cpu":
         os.environ["JAX_PLATFORMS"] = "cpu"
     import jax
@@ -489,7 +490,8 @@ def main(argv=None) -> int:
             torch_python = FALLBACK_TORCH_PYTHON
     log_path = args.log or os.path.join("/tmp", f"jaxgan_benchmark_{os.getpid()}.log")
     log = open(log_path, "w")
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")])))
+    path = os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")]))
+    env = dict(os.environ, PYTHONPATH=path)
     if args.device == "cpu":
         env["CUDA_VISIBLE_DEVICES"] = ""
         env.setdefault("OMP_NUM_THREADS", str(args.threads))
@@ -497,8 +499,11 @@ def main(argv=None) -> int:
     variants = [(impl, {}) for impl in args.impls.split(",") if impl]
     variants += _parse_variants(args.variants)
     count_flops = args.device == "gpu" or args.peak_tflops > 0
-    print(f"# {' '.join([os.path.basename(sys.executable), 'scripts/benchmark.py'] + (argv if argv is not None else sys.argv[1:]))}")
-    print(f"# device={args.device} batch={args.batch} dtype={args.dtype} cpus={len(os.sched_getaffinity(0))} "
+    cmd = [os.path.basename(sys.executable), "scripts/benchmark.py"]
+    cmd += argv if argv is not None else sys.argv[1:]
+    print(f"# {' '.join(cmd)}")
+    print(f"# device={args.device} batch={args.batch} dtype={args.dtype} "
+          f"cpus={len(os.sched_getaffinity(0))} "
           f"load={os.getloadavg()[0]:.1f} repeats={args.repeats} x {args.steps} step(s), "
           f"warmup={args.warmup}; torch python: {torch_python}; worker log: {log_path}")
     results = []
@@ -537,7 +542,8 @@ def _report(loss: str, workers, args) -> list[dict]:
     base = ref.get("jaxgan")
     print(f"\n## {loss} (n_critic={n_critic}, batch {args.batch}, {args.dtype})")
     head = f"{'variant':<34}{'ms/step':>9}{'img/s':>8}{'compile s':>10}{'peak MB':>9}{'+MB':>7}"
-    head += f"{'vs torch-eager':>15}{'vs jaxgan':>10}" + (f"{'MFU':>7}" if args.peak_tflops and flops else "")
+    head += f"{'vs torch-eager':>15}{'vs jaxgan':>10}"
+    head += f"{'MFU':>7}" if args.peak_tflops and flops else ""
     print(head)
     rows = []
     for w in workers:
@@ -572,13 +578,16 @@ def _report(loss: str, workers, args) -> list[dict]:
             extra.append(f"{w.name}: torch {w.info['torch']} threads={w.info['threads']} "
                          f"interop={w.info['interop_threads']}")
         if "loop" in w.info:
-            extra.append(f"{w.name}: {w.info['backend']} x{w.info['devices']} loop={w.info['loop']} "
-                         f"upsample={w.info['upsample']} trace+lower {w.info['trace_lower_s']:.1f}s "
+            i = w.info
+            extra.append(f"{w.name}: {i['backend']} x{i['devices']} loop={i['loop']} "
+                         f"upsample={i['upsample']} trace+lower {i['trace_lower_s']:.1f}s "
                          f"+ XLA {w.info['xla_compile_s']:.1f}s")
         if w.times:
-            extra.append(f"{w.name}: ms/step per repeat " + " ".join(f"{1e3 * x:.0f}" for x in w.times))
+            extra.append(f"{w.name}: ms/step per repeat "
+                         + " ".join(f"{1e3 * x:.0f}" for x in w.times))
     if flops:
-        extra.append(f"model FLOPs/step (XLA cost analysis, transpose conv, unrolled): {flops / 1e9:.1f} G")
+        extra.append("model FLOPs/step (XLA cost analysis, transpose conv, unrolled): "
+                     f"{flops / 1e9:.1f} G")
     for e in extra:
         print("#   " + e)
     return rows
