@@ -30,7 +30,7 @@ def tiny_image_config(**overrides):
     c.train.sample_every = 3
     c.train.checkpoint_every = 3
     c.train.num_grid = 4
-    return _apply(c, overrides)
+    return apply_overrides(c, overrides)
 
 
 def tiny_ring_config(**overrides):
@@ -46,10 +46,11 @@ def tiny_ring_config(**overrides):
     c.train.log_every = 2
     c.train.sample_every = 4
     c.train.checkpoint_every = 4
-    return _apply(c, overrides)
+    return apply_overrides(c, overrides)
 
 
-def _apply(c, overrides):
+def apply_overrides(c, overrides):
+    """Sets dotted keys ("train.steps") of a ConfigDict in place; returns it."""
     for k, v in overrides.items():
         node = c
         *path, last = k.split(".")

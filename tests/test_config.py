@@ -13,6 +13,8 @@ import pytest
 from jaxgan import config as config_lib
 from jaxgan.config import ConfigError, base_config, validate
 
+from conftest import apply_overrides  # noqa: E402
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -20,13 +22,7 @@ def recipe(**overrides):
     """A valid image recipe (digits at 16x16) with dotted-key overrides."""
     c = base_config()
     c.data.image_size = 16
-    for key, value in overrides.items():
-        node = c
-        *path, last = key.split(".")
-        for p in path:
-            node = node[p]
-        node[last] = value
-    return c
+    return apply_overrides(c, overrides)
 
 
 def ring(**overrides):

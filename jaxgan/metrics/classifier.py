@@ -140,20 +140,14 @@ class Classifier:
         Runs jit-compiled in fixed-size batches (the last one zero-padded): one compilation per
         image shape; only features and logits stay in memory.
         """
-        from jaxgan.metrics.inception import _fixed_batches  # uint8 checks, padding
+        from jaxgan.metrics.inception import run_batched  # uint8 checks, padding
 
-        feats, logits, pending = [], [], None
-        for batch, n_valid in _fixed_batches(images, batch_size):
-            out = _forward(self.params, batch, net=self.net, size=int(self.meta["image_size"]),
-                           channels=int(self.meta["channels"]),
-                           per_channel=self.per_channel(batch.shape[-1]))
-            if pending is not None:  # fetch the previous batch while this one runs
-                _collect(pending, feats, logits)
-            pending = (out, n_valid)
-        if pending is None:
-            raise ValueError("no images given; pass uint8[N, H, W, C] with N >= 1")
-        _collect(pending, feats, logits)
-        return np.concatenate(feats), np.concatenate(logits)
+        return run_batched(
+            lambda batch: _forward(self.params, batch, net=self.net,
+                                   size=int(self.meta["image_size"]),
+                                   channels=int(self.meta["channels"]),
+                                   per_channel=self.per_channel(batch.shape[-1])),
+            images, batch_size)
 
     def predict(self, images, batch_size: int = 500) -> np.ndarray:
         """int32[N] classes (int32[N, 3] per channel for RGB images and a grey classifier)."""
@@ -174,12 +168,6 @@ class Classifier:
         np.savez(tmp, meta=np.array(json.dumps(meta)), **arrays)
         os.replace(tmp, path)
         return path
-
-
-def _collect(pending, feats, logits):
-    (f, lg), n = pending
-    feats.append(np.asarray(f[:n], np.float32))
-    logits.append(np.asarray(lg[:n], np.float32))
 
 
 def classifier_file(path: str | os.PathLike) -> Path:

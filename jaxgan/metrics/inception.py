@@ -400,18 +400,27 @@ def extract_features(
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    pools: list[np.ndarray] = []
+    return run_batched(
+        lambda batch: _forward(params, batch, resize=resize, fc_bias=fc_bias, size=INPUT_SIZE),
+        images, batch_size)
+
+
+def run_batched(forward, images, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(features, logits) of `forward(batch) -> (f, l)` over fixed-size padded batches of uint8
+    images (an array or an iterable of chunks); the previous batch is fetched while the next one
+    runs, and only the unpadded rows are kept."""
+    feats: list[np.ndarray] = []
     logits: list[np.ndarray] = []
     pending = None
     for batch, n_valid in _fixed_batches(images, batch_size):
-        out = _forward(params, batch, resize=resize, fc_bias=fc_bias, size=INPUT_SIZE)
+        out = forward(batch)
         if pending is not None:  # fetch the previous batch while this one runs
-            _collect(pending, pools, logits)
+            _collect(pending, feats, logits)
         pending = (out, n_valid)
     if pending is None:
-        raise ValueError("no images given to extract_features; pass uint8[N, H, W, C] with N >= 1")
-    _collect(pending, pools, logits)
-    return np.concatenate(pools), np.concatenate(logits)
+        raise ValueError("no images given; pass uint8[N, H, W, C] with N >= 1")
+    _collect(pending, feats, logits)
+    return np.concatenate(feats), np.concatenate(logits)
 
 
 def _collect(pending, pools, logits):
