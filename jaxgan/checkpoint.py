@@ -13,7 +13,7 @@ import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
-from jaxgan.state import GANState
+from jaxgan.state import GANState, sampling_generator
 
 CHECKPOINT_DIR = "checkpoints"
 # Old steps are renamed into this subdirectory before they are deleted: a kill -9 in the middle
@@ -44,9 +44,10 @@ def save(mngr: ocp.CheckpointManager, state: GANState, config) -> None:
     if step in mngr.all_steps():
         return
     empty_trash(mngr)
+    params, stats = sampling_generator(state)
     mngr.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state),
-        generator=ocp.args.StandardSave({"params": state.g_params, "stats": state.g_stats}),
+        generator=ocp.args.StandardSave({"params": params, "stats": stats}),
         config=ocp.args.JsonSave(config.to_dict())))
 
 
@@ -98,7 +99,8 @@ def load_config(workdir: str, step: int | None = None) -> tuple[ml_collections.C
 
 
 def restore_generator(workdir: str, abstract: dict, step: int) -> dict:
-    """{"params", "stats"} of the generator alone (the critic and optimizers stay on disk)."""
+    """{"params", "stats"} of the generator alone (its EMA when the run kept one; the critic and
+    optimizers stay on disk)."""
     mngr = _existing(workdir)
     restored = mngr.restore(step, args=ocp.args.Composite(
         generator=ocp.args.StandardRestore(abstract)))

@@ -13,6 +13,7 @@ LOSSES = ("gan", "wgan", "wgan-gp")
 NORMS = ("batch", "instance", "layer", "none")
 ARCHS = ("mlp", "dcgan")
 MIXTURES = ("ring", "grid")
+SCHEDULES = ("constant", "linear", "cosine")
 
 
 class ConfigError(ValueError):
@@ -58,6 +59,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.optim = ml_collections.ConfigDict()
     c.optim.g = _adam(2e-4, 0.5, 0.999)   # DCGAN (Radford et al. 2016)
     c.optim.d = _adam(2e-4, 0.5, 0.999)
+    c.optim.schedule = "constant"   # learning rates: constant, linear (to 0 at train.steps) or cosine
 
     c.train = ml_collections.ConfigDict()
     c.train.steps = 2000            # generator updates
@@ -69,6 +71,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.keep_checkpoints = 3
     c.train.num_grid = 64           # images in each sample grid
     c.train.steps_per_call = 1      # steps fused into one compiled call (small models: 10-100)
+    c.train.ema_decay = 0.0         # EMA of G's weights and BN statistics for samples, grids,
+                                    # evaluation and the saved generator (0: off; try 0.999)
     c.train.critic_loop = "auto"    # n_critic loop: scan | unrolled | auto (unrolled on CPU)
 
     c.eval = ml_collections.ConfigDict()
@@ -191,6 +195,11 @@ def validate(config) -> None:
             raise ConfigError(f"optim.{side}.name={o.name!r}; choose 'adam' or 'rmsprop'")
         if not float(o.lr) > 0:
             raise ConfigError(f"optim.{side}.lr={o.lr}; it must be positive")
+    if not 0.0 <= float(c.train.ema_decay) < 1.0:
+        raise ConfigError(f"train.ema_decay={c.train.ema_decay}; use 0 (off) or a decay in (0, 1) "
+                          "such as 0.999")
+    if c.optim.schedule not in SCHEDULES:
+        raise ConfigError(f"optim.schedule={c.optim.schedule!r}; choose one of {', '.join(SCHEDULES)}")
     if c.loss.name == "wgan" and not float(c.loss.clip) > 0:
         raise ConfigError(f"loss.clip={c.loss.clip}; wgan needs a positive clipping bound")
     if is_mixture(c):

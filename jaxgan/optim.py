@@ -28,19 +28,37 @@ def clip_weights(c: float) -> optax.GradientTransformation:
     return optax.GradientTransformation(init_fn, update_fn)
 
 
-def optimizer(cfg) -> optax.GradientTransformation:
+def learning_rate(lr: float, schedule: str, total_updates: int):
+    """A constant, or a decay to 0 over the run (Gulrajani et al. 2017 decay WGAN-GP linearly).
+
+    Decaying removes the optimizer's jitter at the end of a run: samples settle onto narrow
+    modes instead of dancing around them.
+    """
+    if schedule == "constant":
+        return lr
+    if schedule == "linear":
+        return optax.linear_schedule(lr, 0.0, max(int(total_updates), 1))
+    if schedule == "cosine":
+        return optax.cosine_decay_schedule(lr, max(int(total_updates), 1))
+    raise ValueError(f"unknown schedule {schedule!r}")
+
+
+def optimizer(cfg, schedule: str = "constant",
+              total_updates: int = 1) -> optax.GradientTransformation:
     """Adam or RMSprop (PyTorch's definition: eps added outside the root, alpha=decay)."""
+    lr = learning_rate(float(cfg.lr), schedule, total_updates)
     if cfg.name == "adam":
-        return optax.adam(cfg.lr, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps)
+        return optax.adam(lr, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps)
     if cfg.name == "rmsprop":
-        return optax.rmsprop(cfg.lr, decay=cfg.decay, eps=cfg.eps, eps_in_sqrt=False)
+        return optax.rmsprop(lr, decay=cfg.decay, eps=cfg.eps, eps_in_sqrt=False)
     raise ValueError(f"unknown optimizer {cfg.name!r}")
 
 
 def make(config) -> tuple[optax.GradientTransformation, optax.GradientTransformation]:
-    """(generator_tx, critic_tx) for a recipe."""
-    g_tx = optimizer(config.optim.g)
-    d_tx = optimizer(config.optim.d)
+    """(generator_tx, critic_tx) for a recipe; the critic makes n_critic updates per step."""
+    steps, schedule = int(config.train.steps), config.optim.schedule
+    g_tx = optimizer(config.optim.g, schedule, steps)
+    d_tx = optimizer(config.optim.d, schedule, steps * int(config.train.n_critic))
     if LOSSES[config.loss.name].clip:
         d_tx = optax.chain(d_tx, clip_weights(float(config.loss.clip)))
     return g_tx, d_tx

@@ -24,6 +24,29 @@ class GANState:
     d_opt: Any
     key: jax.Array           # u32[2] root key; per-step keys are fold_in(key, step)
     data: data_lib.DataPosition
+    ema: Any = struct.field(default_factory=dict)  # {"params", "stats"} averaged over steps, or
+                                                   # {} without train.ema_decay
+
+
+def sampling_generator(state: GANState) -> tuple[Any, Any]:
+    """(params, stats) that samples, grids, evaluation and the saved generator use: the
+    exponential moving average when the recipe keeps one, else the live generator."""
+    if state.ema:
+        return state.ema["params"], state.ema["stats"]
+    return state.g_params, state.g_stats
+
+
+def ema_update(ema: dict, params, stats, decay: float, step: jax.Array) -> dict:
+    """One EMA step of the generator's weights and batch-norm statistics.
+
+    The decay ramps up as min(decay, (1 + t) / (10 + t)) (TensorFlow's ExponentialMovingAverage
+    with num_updates) so a short run is not dominated by the random initial weights.
+    """
+    t = step.astype(jnp.float32)
+    d = jnp.minimum(decay, (1.0 + t) / (10.0 + t))
+    mix = lambda e, x: d * e + (1.0 - d) * x  # noqa: E731
+    return {"params": jax.tree.map(mix, ema["params"], params),
+            "stats": jax.tree.map(mix, ema["stats"], stats)}
 
 
 def split_variables(variables) -> tuple[Any, Any]:
@@ -37,7 +60,7 @@ def variables(params, stats) -> dict:
 
 
 def create(seed: int, generator, critic, g_tx, d_tx, z_dim: int, example_shape,
-           num_examples: int) -> GANState:
+           num_examples: int, ema: bool = False) -> GANState:
     """Initial state from the seed alone (same seed -> same parameters, same data order).
 
     Built inside one jit: run eagerly, initialization dispatches ~130 tiny XLA compiles (about
@@ -54,7 +77,8 @@ def create(seed: int, generator, critic, g_tx, d_tx, z_dim: int, example_shape,
         return GANState(
             step=jnp.int32(0), g_params=g_params, g_stats=g_stats, d_params=d_params,
             d_stats=d_stats, g_opt=g_tx.init(g_params), d_opt=d_tx.init(d_params), key=key,
-            data=data_lib.init_position(jax.random.fold_in(key, STREAM_DATA), num_examples))
+            data=data_lib.init_position(jax.random.fold_in(key, STREAM_DATA), num_examples),
+            ema={"params": g_params, "stats": g_stats} if ema else {})
 
     return jax.jit(init)()
 

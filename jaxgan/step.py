@@ -44,6 +44,7 @@ def make_train_step(generator, critic, g_tx, d_tx, config,
     z_dim = int(config.model.z_dim)
     gp_weight = float(config.loss.gp_weight)
     form = config.loss.generator
+    ema_decay = float(config.train.ema_decay)
     g_apply, d_apply = apply_fn(generator), apply_fn(critic)
 
     critic_loop = scan_or_unroll(loop_kind(config.train.critic_loop))
@@ -106,6 +107,9 @@ def make_train_step(generator, critic, g_tx, d_tx, config,
 
         state, d_metrics = critic_loop(body, state, n_critic)
         state, g_metrics = generator_update(state, step_key)
+        if ema_decay > 0:
+            state = state.replace(ema=state_lib.ema_update(
+                state.ema, state.g_params, state.g_stats, ema_decay, state.step))
         metrics = {k: jnp.mean(v) for k, v in d_metrics.items()}
         metrics.update(g_metrics)
         return state.replace(step=state.step + 1), metrics

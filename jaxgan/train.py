@@ -87,6 +87,11 @@ def check_compatible(saved, config, workdir: str) -> None:
             raise config_lib.ConfigError(
                 f"workdir {workdir!r} holds checkpoints of another recipe ({key}: {old!r} there, "
                 f"{new!r} now); use a new --workdir or the recipe it was trained with")
+    had_ema = float(saved.get("train", {}).get("ema_decay", 0.0)) > 0
+    if had_ema != (float(config.train.ema_decay) > 0):
+        raise config_lib.ConfigError(
+            f"workdir {workdir!r} was trained {'with' if had_ema else 'without'} a generator EMA "
+            f"(train.ema_decay); keep it {'on' if had_ema else 'off'} or use a new --workdir")
 
 
 def _sharding():
@@ -143,7 +148,7 @@ class _Logs:
 
 
 def _save_samples(workdir: str, step: int, sampler, state, z, dataset, logs) -> str:
-    out = sampler(state.g_params, state.g_stats, z)
+    out = sampler(*state_lib.sampling_generator(state), z)
     if dataset.is_mixture:
         path = os.path.join(workdir, "samples", f"step_{step:07d}.png")
         images_lib.scatter_png(path, np.asarray(out), dataset.centers)
@@ -184,7 +189,7 @@ def train_and_evaluate(config, workdir: str, progress: bool = True, log=print):
     g_tx, d_tx = optim.make(config)
     state = state_lib.create(int(config.seed), generator, critic, g_tx, d_tx,
                              int(config.model.z_dim), models.data_shape(config),
-                             dataset.num_examples)
+                             dataset.num_examples, ema=float(config.train.ema_decay) > 0)
     if mngr.latest_step() is not None:
         state = ckpt_lib.restore_state(mngr, state)
         log(f"resumed from step {int(state.step)} in {workdir}")
@@ -315,7 +320,7 @@ class _PeriodicEval:
 
     def __call__(self, state, step: int, config) -> dict:
         res = self.evaluator(self.lib.sample_batches(
-            self.sampler, state.g_params, state.g_stats, self.key, int(config.eval.num),
+            self.sampler, *state_lib.sampling_generator(state), self.key, int(config.eval.num),
             int(config.model.z_dim), mixture=self.dataset.is_mixture))
         res = {f"eval/{k}": float(v) for k, v in res.items()}
         if self.metric:
@@ -342,7 +347,7 @@ def _check_finite(metrics: dict, step: int, has_checkpoint: bool) -> None:
 
 def _check_state_finite(state, step: int) -> None:
     finite = jax.tree.map(lambda x: jnp.all(jnp.isfinite(x)),
-                          (state.g_params, state.d_params))
+                          (state.g_params, state.d_params, state.ema))
     if not all(bool(v) for v in jax.tree.leaves(jax.device_get(finite))):
         raise DivergenceError(
             f"non-finite parameters at step {step}; not saving over the last good checkpoint. "

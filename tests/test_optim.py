@@ -50,3 +50,19 @@ def test_only_wgan_clips():
         updates, _ = d_tx.update({"w": jnp.array([0.0])}, d_tx.init(params), params)
         out = float(optax.apply_updates(params, updates)["w"][0])
         assert (out <= 0.0101) == clips, name  # 5 + (0.01 - 5) rounds to 0.01 + 2e-7 in f32
+
+
+def test_linear_schedule_decays_each_optimizer_to_zero_over_its_own_updates():
+    """G makes train.steps updates, the critic n_critic times as many: both end at lr 0."""
+    c = base_config()
+    c.optim.schedule = "linear"
+    c.train.steps, c.train.n_critic = 4, 2
+    for tx, total in zip(optim.make(c), (4, 8)):
+        p = {"w": jnp.array([1.0])}
+        s = tx.init(p)
+        sizes = []
+        for _ in range(total):
+            u, s = tx.update({"w": jnp.array([0.5])}, s, p)  # constant gradient: Adam moves ~lr
+            sizes.append(-float(u["w"][0]))
+        want = [2e-4 * (1 - k / total) for k in range(total)]
+        np.testing.assert_allclose(sizes, want, rtol=1e-4, atol=1e-9)

@@ -18,7 +18,8 @@ def setup(config, loop="auto"):
     g, d = models.build(config)
     g_tx, d_tx = optim.make(config)
     st = state_lib.create(int(config.seed), g, d, g_tx, d_tx, config.model.z_dim,
-                          models.data_shape(config), ds.num_examples)
+                          models.data_shape(config), ds.num_examples,
+                          ema=config.train.ema_decay > 0)
     step = jax.jit(step_lib.make_train_step(g, d, g_tx, d_tx, config))
     return st, step, data_lib.device_data(ds)
 
@@ -116,3 +117,18 @@ def test_data_epochs_cover_every_example_once():
     assert sorted(seen) == list(range(10))
     idx, pos2 = data_lib.next_indices(pos, key, 2)  # rolls into epoch 1
     assert int(pos2.epoch) == 1 and int(pos2.cursor) == 2
+
+
+def test_generator_ema_averages_weights_and_statistics_with_a_warm_up():
+    c = tiny_image_config(**{"train.ema_decay": 0.2})
+    st, step, data = setup(c)
+    live = lambda s: jax.tree.map(np.asarray, (s.g_params, s.g_stats))  # noqa: E731
+    want = live(st)
+    for t in range(3):  # decay min(0.2, (1+t)/(10+t)): 0.1, 0.18, then 0.2
+        st, _ = step(st, data)
+        d = min(0.2, (1 + t) / (10 + t))
+        want = jax.tree.map(lambda e, x: d * e + (1 - d) * x, want, live(st))
+    got = jax.tree.map(np.asarray, state_lib.sampling_generator(st))
+    for x, y in zip(jax.tree.leaves(want), jax.tree.leaves(got)):
+        np.testing.assert_allclose(y, x, rtol=1e-5, atol=1e-6)
+    assert jax.tree.leaves(st.g_stats), "the tiny recipe must have batch-norm statistics"

@@ -21,17 +21,25 @@ def _leaves(state):
     return [np.asarray(x) for x in jax.tree.leaves(jax.device_get(state))]
 
 
-def test_resume_gives_exactly_the_uninterrupted_run(tmp_path):
-    full, _ = train_lib.train_and_evaluate(tiny_image_config(), str(tmp_path / "a"), progress=False)
-    half = tiny_image_config(**{"train.steps": 3})
+@pytest.mark.parametrize("extra", [{}, {"train.ema_decay": 0.9}], ids=["plain", "ema"])
+def test_resume_gives_exactly_the_uninterrupted_run(tmp_path, extra):
+    full, _ = train_lib.train_and_evaluate(tiny_image_config(**extra), str(tmp_path / "a"),
+                                           progress=False)
+    half = tiny_image_config(**{"train.steps": 3, **extra})
     train_lib.train_and_evaluate(half, str(tmp_path / "b"), progress=False)
     logs = []
-    resumed, _ = train_lib.train_and_evaluate(tiny_image_config(), str(tmp_path / "b"),
+    resumed, _ = train_lib.train_and_evaluate(tiny_image_config(**extra), str(tmp_path / "b"),
                                               progress=False, log=logs.append)
     assert any("resumed from step 3" in line for line in logs)
     assert int(resumed.step) == int(full.step) == 6
     for x, y in zip(_leaves(full), _leaves(resumed)):
         np.testing.assert_array_equal(x, y)
+    if extra:  # samples come from the average, not the live generator
+        _, _, g, _ = sample_lib.load_generator(str(tmp_path / "b"))
+        for x, y in zip(_leaves(resumed.ema), _leaves((g["params"], g["stats"]))):
+            np.testing.assert_array_equal(x, y)
+        assert not all(np.array_equal(x, y) for x, y in
+                       zip(_leaves(resumed.ema["params"]), _leaves(resumed.g_params)))
 
 
 def test_checkpoint_round_trip_restores_every_leaf(tmp_path):
