@@ -9,11 +9,13 @@ import difflib
 
 import ml_collections
 
-LOSSES = ("gan", "wgan", "wgan-gp")
+LOSSES = ("gan", "wgan", "wgan-gp", "hinge")
 NORMS = ("batch", "instance", "layer", "none")
 ARCHS = ("mlp", "dcgan")
 MIXTURES = ("ring", "grid")
 SCHEDULES = ("constant", "linear", "cosine")
+AUGMENTS = ("color", "translation", "cutout")  # jaxgan.augment.OPS
+DTYPES = ("float32", "bfloat16")  # train.dtype: the models' compute dtype
 
 
 class ConfigError(ValueError):
@@ -55,6 +57,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.loss.generator = "non_saturating"  # gan only: non_saturating (-log D(G(z))) or minimax
     c.loss.gp_weight = 10.0         # wgan-gp lambda (Gulrajani et al. 2017)
     c.loss.clip = 0.01              # wgan weight clipping c (Arjovsky et al. 2017)
+    c.loss.r1_weight = 0.0          # gamma of the R1 penalty gamma/2 E||grad D(x)||^2 on real data
+                                    # (Mescheder et al. 2018), any loss; 0: off
 
     c.optim = ml_collections.ConfigDict()
     c.optim.g = _adam(2e-4, 0.5, 0.999)   # DCGAN (Radford et al. 2016)
@@ -71,9 +75,13 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.keep_checkpoints = 3
     c.train.num_grid = 64           # images in each sample grid
     c.train.steps_per_call = 1      # steps fused into one compiled call (small models: 10-100)
+    c.train.augment = ""            # DiffAugment policy for every critic input, e.g.
+                                    # "color,translation,cutout" (Zhao et al. 2020); "": none
     c.train.ema_decay = 0.0         # EMA of G's weights and BN statistics for samples, grids,
                                     # evaluation and the saved generator (0: off; try 0.999)
     c.train.critic_loop = "auto"    # n_critic loop: scan | unrolled | auto (unrolled on CPU)
+    c.train.dtype = "float32"       # activations: float32 | bfloat16 (mixed precision for GPU/TPU;
+                                    # params, optimizer states, losses and the penalty stay f32)
 
     c.eval = ml_collections.ConfigDict()
     c.eval.every = 0                # evaluate every K steps during training (0: never)
@@ -183,8 +191,16 @@ def validate(config) -> None:
         raise ConfigError("eval.best_metric needs periodic evaluation: set eval.every=K")
     if c.train.critic_loop not in ("auto", "scan", "unrolled"):
         raise ConfigError(f"train.critic_loop={c.train.critic_loop!r}; use auto, scan or unrolled")
+    if c.train.dtype not in DTYPES:
+        raise ConfigError(f"train.dtype={c.train.dtype!r}; use 'float32' or 'bfloat16' "
+                          "(mixed precision: bfloat16 activations, float32 params)")
     if not all(isinstance(w, int) and not isinstance(w, bool) and w > 0 for w in c.model.hidden):
         raise ConfigError(f"model.hidden={tuple(c.model.hidden)!r}; use positive integer widths")
+    if float(c.loss.r1_weight) < 0:
+        raise ConfigError(f"loss.r1_weight={c.loss.r1_weight}; the R1 weight must be >= 0")
+    if float(c.loss.r1_weight) > 0 and c.model.d_norm == "batch":
+        raise ConfigError("the R1 penalty is per example and a batch-norm critic mixes examples; "
+                          "set model.d_norm='layer' (or 'instance' / 'none')")
     if float(c.loss.gp_weight) < 0:
         raise ConfigError(f"loss.gp_weight={c.loss.gp_weight}; the penalty weight must be >= 0")
     if int(c.model.z_dim) < 1:
@@ -195,6 +211,12 @@ def validate(config) -> None:
             raise ConfigError(f"optim.{side}.name={o.name!r}; choose 'adam' or 'rmsprop'")
         if not float(o.lr) > 0:
             raise ConfigError(f"optim.{side}.lr={o.lr}; it must be positive")
+    unknown = [p for p in c.train.augment.split(",") if p.strip() and p.strip() not in AUGMENTS]
+    if unknown:
+        raise ConfigError(f"train.augment has {unknown[0].strip()!r}; use a comma-separated subset "
+                          f"of {', '.join(AUGMENTS)}")
+    if c.train.augment.strip() and is_mixture(c):
+        raise ConfigError("train.augment (DiffAugment) transforms images; 2D points have none")
     if not 0.0 <= float(c.train.ema_decay) < 1.0:
         raise ConfigError(f"train.ema_decay={c.train.ema_decay}; use 0 (off) or a decay in (0, 1) "
                           "such as 0.999")

@@ -1,4 +1,4 @@
-"""GAN, WGAN and WGAN-GP objectives as pure functions of critic outputs.
+"""GAN, WGAN, WGAN-GP and hinge objectives as pure functions of critic outputs.
 
 Critic outputs are raw logits / scores `f32[B]`. The registry `LOSSES` maps `config.loss.name` to
 a `Loss`; the step reads nothing else from here.
@@ -14,16 +14,24 @@ import jax.numpy as jnp
 Array = jax.Array
 
 
+def _f32(x: Array) -> Array:
+    """Losses, penalties and their reductions in float32 whatever the models compute in
+    (train.dtype='bfloat16' is mixed precision, not a bfloat16 loss)."""
+    return x.astype(jnp.float32)
+
+
 def gan_critic_loss(real_logits: Array, fake_logits: Array) -> Array:
     """Binary cross-entropy, real -> 1 and fake -> 0, on logits (Goodfellow et al. 2014).
 
     -log sigmoid(l) = softplus(-l) and -log(1 - sigmoid(l)) = softplus(l): stable for any logit.
     """
+    real_logits, fake_logits = _f32(real_logits), _f32(fake_logits)
     return jnp.mean(jax.nn.softplus(-real_logits)) + jnp.mean(jax.nn.softplus(fake_logits))
 
 
 def gan_generator_loss(fake_logits: Array, form: str = "non_saturating") -> Array:
     """non_saturating: E[-log D(G(z))]; minimax: E[log(1 - D(G(z)))] (saturates early on)."""
+    fake_logits = _f32(fake_logits)
     if form == "non_saturating":
         return jnp.mean(jax.nn.softplus(-fake_logits))
     if form == "minimax":
@@ -33,13 +41,28 @@ def gan_generator_loss(fake_logits: Array, form: str = "non_saturating") -> Arra
 
 def wgan_critic_loss(real_scores: Array, fake_scores: Array) -> Array:
     """-E[D(x)] + E[D(G(z))] (Arjovsky et al. 2017): minimising it maximises the W1 estimate."""
-    return jnp.mean(fake_scores) - jnp.mean(real_scores)
+    return jnp.mean(_f32(fake_scores)) - jnp.mean(_f32(real_scores))
 
 
 def wgan_generator_loss(fake_scores: Array, form: str = "") -> Array:
     """-E[D(G(z))]."""
     del form
-    return -jnp.mean(fake_scores)
+    return -jnp.mean(_f32(fake_scores))
+
+
+def hinge_critic_loss(real_scores: Array, fake_scores: Array) -> Array:
+    """E[max(0, 1 - D(x))] + E[max(0, 1 + D(G(z)))] (Lim & Ye 2017; SNGAN, BigGAN)."""
+    return jnp.mean(jax.nn.relu(1.0 - real_scores)) + jnp.mean(jax.nn.relu(1.0 + fake_scores))
+
+
+def r1_penalty(critic: Callable[[Array], Array], real: Array) -> Array:
+    """E[||grad_x D(x)||^2] on real data (Mescheder et al. 2018); the step weighs it by gamma/2.
+
+    Penalising the critic's slope at the data stops it from overshooting around the real
+    distribution, which is what makes unregularised GAN training oscillate.
+    """
+    grads = jax.grad(lambda x: jnp.sum(critic(x)))(real)
+    return jnp.mean(jnp.sum(jnp.square(grads.reshape((grads.shape[0], -1))), axis=1))
 
 
 def interpolate(real: Array, fake: Array, eps: Array) -> Array:
@@ -54,7 +77,7 @@ def gradient_penalty(critic: Callable[[Array], Array], xhat: Array) -> tuple[Arr
     The gradient of sum_i D(xhat_i) w.r.t. xhat is the per-example gradient only when examples do
     not interact inside D, which is why a batch-norm critic is rejected by config validation.
     """
-    grads = jax.grad(lambda x: jnp.sum(critic(x)))(xhat)
+    grads = _f32(jax.grad(lambda x: jnp.sum(_f32(critic(x))))(xhat))
     sq = jnp.sum(jnp.square(grads.reshape((grads.shape[0], -1))), axis=1)
     norms = jnp.sqrt(sq + 1e-12)  # finite gradient of the penalty where the gradient vanishes
     return jnp.mean(jnp.square(norms - 1.0)), norms
@@ -72,4 +95,5 @@ LOSSES: dict[str, Loss] = {
     "gan": Loss(gan_critic_loss, gan_generator_loss),
     "wgan": Loss(wgan_critic_loss, wgan_generator_loss, clip=True),
     "wgan-gp": Loss(wgan_critic_loss, wgan_generator_loss, penalty=True),
+    "hinge": Loss(hinge_critic_loss, wgan_generator_loss),
 }

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxgan import augment as augment_lib
 from jaxgan import data as data_lib
 from jaxgan import losses as losses_lib
 from jaxgan import state as state_lib
@@ -43,6 +44,15 @@ def make_train_step(generator, critic, g_tx, d_tx, config,
     batch = int(config.train.batch_size)
     z_dim = int(config.model.z_dim)
     gp_weight = float(config.loss.gp_weight)
+    r1_weight = float(config.loss.r1_weight)
+    policy = augment_lib.parse(config.train.augment)
+
+    def augment(key, x):
+        """DiffAugment before every critic call (identity without a policy)."""
+        return augment_lib.diff_augment(key, x, policy) if policy else x
+
+    def aug_key(step_key, i):  # a stream apart from the noise and data keys: 2**20 is not an i
+        return jax.random.fold_in(jax.random.fold_in(step_key, 2**20), i)
     form = config.loss.generator
     ema_decay = float(config.train.ema_decay)
     g_apply, d_apply = apply_fn(generator), apply_fn(critic)
@@ -59,6 +69,9 @@ def make_train_step(generator, critic, g_tx, d_tx, config,
         z = shard(jax.random.normal(k_z, (batch, z_dim)))
         fake, g_stats = g_apply(state.g_params, state.g_stats, z, True)
         fake = jax.lax.stop_gradient(fake)
+        if policy:
+            k_real, k_fake = jax.random.split(aug_key(step_key, i))
+            real, fake = augment(k_real, real), augment(k_fake, fake)
 
         def loss_fn(d_params):
             real_out, stats = d_apply(d_params, state.d_stats, real, True)
@@ -72,6 +85,10 @@ def make_train_step(generator, critic, g_tx, d_tx, config,
                     lambda x: d_apply(d_params, stats, x, True)[0], xhat)
                 value = value + gp_weight * gp
                 metrics.update({"d/gp": gp, "d/gp_grad_norm": jnp.mean(norms)})
+            if r1_weight > 0:
+                r1 = losses_lib.r1_penalty(lambda x: d_apply(d_params, stats, x, True)[0], real)
+                value = value + 0.5 * r1_weight * r1
+                metrics["d/r1"] = r1
             metrics["d/loss"] = value
             return value, (stats, metrics)
 
@@ -87,6 +104,7 @@ def make_train_step(generator, critic, g_tx, d_tx, config,
 
         def loss_fn(g_params):
             fake, g_stats = g_apply(g_params, state.g_stats, z, True)
+            fake = augment(aug_key(step_key, n_critic), fake)
             out, d_stats = d_apply(state.d_params, state.d_stats, fake, True)
             return loss.generator(out, form), (g_stats, d_stats)
 

@@ -70,6 +70,7 @@ def test_the_shipped_recipes_and_the_tiny_test_recipes_are_valid():
     validate(recipe(**{"model.arch": "mlp", "data.image_size": 24}))  # an MLP takes any size
     validate(recipe(**{"data.name": "stacked_mnist", "data.channels": 3}))
     validate(recipe(**{"data.name": "folder", "data.path": "/some/dir"}))
+    validate(recipe(**{"train.dtype": "bfloat16"}))
 
 
 # (recipe, pattern the message must match): each message names the key and the fix.
@@ -109,12 +110,22 @@ CASES = {
     "steps_per_call 0": (recipe(**{"train.steps_per_call": 0}), r"train.steps_per_call=0"),
     "bad critic_loop": (recipe(**{"train.critic_loop": "fori"}),
                         r"train.critic_loop='fori'; use auto, scan or unrolled"),
+    "bad train dtype": (recipe(**{"train.dtype": "float16"}),
+                        r"train.dtype='float16'; use 'float32' or 'bfloat16'"),
+    "train dtype as a short name": (recipe(**{"train.dtype": "bf16"}), r"train.dtype='bf16'"),
     "z_dim 0": (recipe(**{"model.z_dim": 0}), r"model.z_dim=0; it must be at least 1"),
     "bad optimizer name (g)": (recipe(**{"optim.g.name": "sgd"}), r"optim.g.name='sgd'; choose 'adam' or 'rmsprop'"),
     "bad optimizer name (d)": (recipe(**{"optim.d.name": "Adam"}), r"optim.d.name='Adam'"),
     "lr 0": (recipe(**{"optim.g.lr": 0.0}), r"optim.g.lr=0.0; it must be positive"),
     "lr negative": (recipe(**{"optim.d.lr": -1e-4}), r"optim.d.lr=-0.0001; it must be positive"),
     "lr nan": (recipe(**{"optim.d.lr": float("nan")}), r"optim.d.lr=nan"),
+    "r1 negative": (recipe(**{"loss.r1_weight": -1.0}), r"loss.r1_weight=-1.0; the R1 weight must be >= 0"),
+    "r1 with a batch-norm critic": (recipe(**{"loss.r1_weight": 10.0}),
+                                    r"R1 penalty is per example.*set model.d_norm='layer'"),
+    "unknown augmentation": (recipe(**{"train.augment": "color,flip"}),
+                             r"train.augment has 'flip'; use a comma-separated subset of color, translation, cutout"),
+    "augmenting 2D points": (recipe(**{"data.name": "ring", "model.arch": "mlp",
+                                       "train.augment": "color"}), r"DiffAugment\) transforms images"),
     "bad lr schedule": (recipe(**{"optim.schedule": "step"}),
                         r"optim.schedule='step'; choose one of constant, linear, cosine"),
     "ema decay 1": (recipe(**{"train.ema_decay": 1.0}), r"train.ema_decay=1.0; use 0 \(off\)"),

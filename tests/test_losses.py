@@ -86,6 +86,26 @@ def test_gradient_penalty_is_differentiable_w_r_t_critic_params():
 
 
 def test_registry():
-    assert set(losses.LOSSES) == {"gan", "wgan", "wgan-gp"}
+    assert set(losses.LOSSES) == {"gan", "wgan", "wgan-gp", "hinge"}
     assert losses.LOSSES["wgan"].clip and not losses.LOSSES["wgan"].penalty
     assert losses.LOSSES["wgan-gp"].penalty and not losses.LOSSES["wgan-gp"].clip
+
+
+def test_hinge_losses_hand_computed():
+    real, fake = jnp.array([2.0, 0.5, -1.0]), jnp.array([-3.0, 0.0])
+    # critic: mean(max(0, 1 - real)) = (0 + 0.5 + 2) / 3; mean(max(0, 1 + fake)) = (0 + 1) / 2
+    assert float(losses.hinge_critic_loss(real, fake)) == pytest.approx(2.5 / 3 + 0.5)
+    assert float(losses.LOSSES["hinge"].generator(fake)) == pytest.approx(1.5)
+
+
+def test_r1_penalty_against_analytic_critics():
+    w = jnp.array([3.0, -4.0])
+    x = jnp.array([[1.0, 2.0], [0.5, -1.0]])
+    assert float(losses.r1_penalty(lambda x: x @ w + 7.0, x)) == pytest.approx(25.0)
+    # D(x) = sum x^2 per example -> grad 2x -> mean 4 ||x||^2 = 4 * (5 + 1.25) / 2
+    quad = lambda x: jnp.sum(jnp.square(x), axis=(1, 2, 3))  # noqa: E731
+    img = jnp.reshape(x, (2, 1, 1, 2))
+    assert float(losses.r1_penalty(quad, img)) == pytest.approx(12.5)
+    # differentiable w.r.t. the critic's parameters (the step takes that gradient)
+    g = jax.grad(lambda w: losses.r1_penalty(lambda x: x @ w, x))(w)
+    np.testing.assert_allclose(g, 2 * np.asarray(w), rtol=1e-6)

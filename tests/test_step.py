@@ -87,6 +87,17 @@ def test_wgan_gp_reports_penalty_and_wasserstein_estimate():
                                                       abs=1e-5)
 
 
+def test_hinge_with_r1_adds_half_gamma_times_the_penalty_to_the_critic_loss():
+    c = tiny_ring_config(**{"loss.name": "hinge", "loss.r1_weight": 4.0, "train.n_critic": 1})
+    st, step, data = setup(c)
+    st, m = step(st, data)
+    assert float(m["d/r1"]) > 0
+    # Fresh critic scores lie in (-1, 1), where both hinges are linear: the mean of the hinges is
+    # the hinge of the means, so d/loss = (1 - E[D(x)]) + (1 + E[D(G(z))]) + gamma/2 * r1.
+    want = (1 - float(m["d/real"])) + (1 + float(m["d/fake"])) + 2.0 * float(m["d/r1"])
+    assert float(m["d/loss"]) == pytest.approx(want, rel=1e-5)
+
+
 def test_batch_norm_statistics_are_threaded_through_the_step():
     c = tiny_image_config()
     st, step, data = setup(c)
@@ -132,3 +143,14 @@ def test_generator_ema_averages_weights_and_statistics_with_a_warm_up():
     for x, y in zip(jax.tree.leaves(want), jax.tree.leaves(got)):
         np.testing.assert_allclose(y, x, rtol=1e-5, atol=1e-6)
     assert jax.tree.leaves(st.g_stats), "the tiny recipe must have batch-norm statistics"
+
+
+def test_diffaugment_changes_what_the_critic_sees():
+    base = {"model.arch": "mlp", "model.hidden": (16,), "model.d_norm": "none"}
+    plain, step_p, data = setup(tiny_image_config(**base))
+    aug, step_a, _ = setup(tiny_image_config(**base, **{"train.augment": "translation,cutout"}))
+    _, mp = step_p(plain, data)
+    aug, ma = step_a(aug, data)  # same initial state, data and noise: only the augmentation differs
+    assert np.isfinite([float(v) for v in ma.values()]).all()
+    assert float(ma["d/real"]) != pytest.approx(float(mp["d/real"]), rel=1e-4)
+    assert float(ma["d/fake"]) != pytest.approx(float(mp["d/fake"]), rel=1e-4)
