@@ -11,6 +11,7 @@ import shutil
 
 import jax
 import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
 
 from jaxgan.state import GANState, sampling_generator
@@ -52,11 +53,27 @@ def save(mngr: ocp.CheckpointManager, state: GANState, config) -> None:
 
 
 def empty_trash(mngr: ocp.CheckpointManager) -> None:
-    """Deletes steps Orbax has already moved out of the listing (see TRASH_DIR)."""
+    """Deletes steps Orbax has already moved out of the listing (see TRASH_DIR); on the main
+    process only in a multi-host run (the others would race it on a shared workdir)."""
     trash = os.path.join(str(mngr.directory), TRASH_DIR)
-    if os.path.isdir(trash):
+    if jax.process_index() == 0 and os.path.isdir(trash):
         for name in os.listdir(trash):
             shutil.rmtree(os.path.join(trash, name), ignore_errors=True)
+
+
+def _placed(abstract):
+    """Leaves without a sharding (numpy, ShapeDtypeStruct) restore onto this process's first
+    device: Orbax would otherwise use the saved sharding, which names the devices of the run
+    that wrote it and fails on another topology (a multi-device or multi-host run's checkpoint
+    restored on one device). Leaves with a sharding (a global array) keep it."""
+    one = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+
+    def leaf(x):
+        if getattr(x, "sharding", None) is not None:
+            return x
+        return jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=one)
+
+    return jax.tree.map(leaf, abstract)
 
 
 def restore_state(mngr: ocp.CheckpointManager, abstract_state: GANState,
@@ -64,7 +81,7 @@ def restore_state(mngr: ocp.CheckpointManager, abstract_state: GANState,
     """The full state at `step` (latest by default), laid out like `abstract_state`."""
     step = mngr.latest_step() if step is None else step
     restored = mngr.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract_state)))
+        state=ocp.args.StandardRestore(_placed(abstract_state))))
     return restored.state
 
 
@@ -103,5 +120,5 @@ def restore_generator(workdir: str, abstract: dict, step: int) -> dict:
     optimizers stay on disk)."""
     mngr = _existing(workdir)
     restored = mngr.restore(step, args=ocp.args.Composite(
-        generator=ocp.args.StandardRestore(abstract)))
+        generator=ocp.args.StandardRestore(_placed(abstract))))
     return restored.generator

@@ -31,6 +31,7 @@ import numpy as np
 from flax import struct
 
 from jaxgan import config as config_lib
+from jaxgan import distributed
 from jaxgan import images as images_lib
 
 
@@ -505,12 +506,13 @@ def next_batch(pos: DataPosition, data: dict, key: jax.Array, sample_key: jax.Ar
 
 
 def device_data(dataset: Dataset, sharding=None) -> dict:
-    """Uploads the dataset once (uint8 for images)."""
+    """Uploads the dataset once (uint8 for images). With a sharding that spans several processes
+    (multi-host), each process copies only the rows its own devices hold."""
     if dataset.is_mixture:
         host = {"centers": dataset.centers, "sigma": np.float32(dataset.sigma)}
     else:
         host = {"images": dataset.images}
-    return jax.device_put(host, sharding) if sharding is not None else jax.device_put(host)
+    return {k: distributed.put(v, sharding) for k, v in host.items()}
 
 
 # ----------------------------------------------------------------------------- streaming
@@ -523,7 +525,10 @@ class Prefetcher:
     when steps > 1): exactly the examples that `next_indices` would pick from the same key and
     position, so streamed and device-resident training read the same data in the same order.
     A background thread gathers and `jax.device_put`s up to `depth` chunks ahead (double
-    buffering with depth=2), so host gathering and the copy overlap the step.
+    buffering with depth=2), so host gathering and the copy overlap the step. With a `sharding`
+    each process gathers and copies only the part of the batch its own devices hold
+    (`make_array_from_callback`): a multi-host `device_put` from this thread would be a
+    cross-process transfer racing the step's collectives.
 
     Resume: build it with the restored state's `epoch` and `cursor`
     (`Prefetcher(images, key, B, n_critic, epoch=int(state.data.epoch),
@@ -539,7 +544,9 @@ class Prefetcher:
             raise DataError(f"{n} examples but a batch of {batch}")
         self.images, self.batch, self.n_critic, self.steps = images, batch, n_critic, steps
         self.sharding, self._n = sharding, n
-        self._key = key
+        # On the host: the thread's permutations then run on a local device only (the key
+        # may be a global array of a multi-host run)
+        self._key = np.asarray(jax.device_get(key))
         self._perm_fn = jax.jit(_epoch_perm, static_argnums=2)
         self.epoch, self.cursor = int(epoch), int(cursor)  # of the next chunk to be produced
         self._perm = self._host_perm(self.epoch)
@@ -566,10 +573,15 @@ class Prefetcher:
     def _chunk(self) -> jax.Array:
         idx = self.host_indices()
         shape = ((self.steps,) if self.steps > 1 else ()) + (self.n_critic, self.batch)
-        host = self.images[idx].reshape(shape + self.images.shape[1:])
-        if self.sharding is not None:
-            return jax.device_put(host, self.sharding)
-        return jax.device_put(host)
+        if self.sharding is None:
+            return jax.device_put(self.images[idx].reshape(shape + self.images.shape[1:]))
+        idx = idx.reshape(shape)
+        k = idx.ndim
+
+        def rows(index):  # index: slices of the chunk; gather only those rows
+            return self.images[idx[index[:k]]][(slice(None),) * k + tuple(index[k:])]
+
+        return jax.make_array_from_callback(shape + self.images.shape[1:], self.sharding, rows)
 
     def _put(self, item) -> None:
         while not self._stop.is_set():

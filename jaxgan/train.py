@@ -21,6 +21,7 @@ import numpy as np
 from jaxgan import checkpoint as ckpt_lib
 from jaxgan import config as config_lib
 from jaxgan import data as data_lib
+from jaxgan import distributed
 from jaxgan import images as images_lib
 from jaxgan import models
 from jaxgan import optim
@@ -95,7 +96,8 @@ def check_compatible(saved, config, workdir: str) -> None:
 
 
 def _sharding():
-    """(mesh-wide replicated sharding, batch sharding or None) over all local devices."""
+    """(mesh-wide replicated sharding, batch sharding or None) over all devices: `jax.devices()`
+    lists every process's devices in a multi-host run, so the mesh spans the hosts."""
     devices = jax.devices()
     if len(devices) == 1:
         return None, None
@@ -120,11 +122,15 @@ def _steps_per_call(config) -> int:
 
 
 class _Logs:
-    """metrics.jsonl (always) and TensorBoard event files (when tensorboardX imports)."""
+    """metrics.jsonl (always) and TensorBoard event files (when tensorboardX imports); on the
+    main process only (`write=False` on the others of a multi-host run)."""
 
-    def __init__(self, workdir: str):
+    def __init__(self, workdir: str, write: bool = True):
         self.path = os.path.join(workdir, "metrics.jsonl")
+        self.write = write
         self.tb = None
+        if not write:
+            return
         try:
             from tensorboardX import SummaryWriter
             self.tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
@@ -132,6 +138,8 @@ class _Logs:
             self.tb = None
 
     def scalars(self, step: int, metrics: dict) -> None:
+        if not self.write:
+            return
         with open(self.path, "a") as f:
             f.write(json.dumps({"step": step, **metrics}) + "\n")
         if self.tb is not None:
@@ -147,8 +155,11 @@ class _Logs:
             self.tb.close()
 
 
-def _save_samples(workdir: str, step: int, sampler, state, z, dataset, logs) -> str:
-    out = sampler(*state_lib.sampling_generator(state), z)
+def _save_samples(workdir: str, step: int, sampler, state, z, dataset, logs) -> str | None:
+    # every process samples (a global computation); the main process writes
+    out = np.asarray(jax.device_get(sampler(*state_lib.sampling_generator(state), z)))
+    if not logs.write:
+        return None
     if dataset.is_mixture:
         path = os.path.join(workdir, "samples", f"step_{step:07d}.png")
         images_lib.scatter_png(path, np.asarray(out), dataset.centers)
@@ -174,6 +185,9 @@ def train_and_evaluate(config, workdir: str, progress: bool = True, log=print):
             saved, _ = ckpt_lib.load_config(workdir)
             check_compatible(saved, config, workdir)
     dataset = data_lib.load(config)
+    main = distributed.is_main_process()  # multi-host: the one process that writes files
+    if not main:
+        progress, log = False, (lambda *a, **k: None)
     replicated, batch_sharding = _sharding()
     if batch_sharding is not None and config.train.batch_size % jax.device_count():
         raise config_lib.ConfigError(
@@ -182,21 +196,27 @@ def train_and_evaluate(config, workdir: str, progress: bool = True, log=print):
 
     os.makedirs(workdir, exist_ok=True)
     mngr = mngr or ckpt_lib.manager(workdir, keep=int(config.train.keep_checkpoints))
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-        json.dump(config.to_dict(), f, indent=2, default=str)
+    if main:
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            json.dump(config.to_dict(), f, indent=2, default=str)
 
     generator, critic = models.build(config)
     g_tx, d_tx = optim.make(config)
-    state = state_lib.create(int(config.seed), generator, critic, g_tx, d_tx,
-                             int(config.model.z_dim), models.data_shape(config),
-                             dataset.num_examples, ema=float(config.train.ema_decay) > 0)
+
+    def create():
+        return state_lib.create(int(config.seed), generator, critic, g_tx, d_tx,
+                                int(config.model.z_dim), models.data_shape(config),
+                                dataset.num_examples, ema=float(config.train.ema_decay) > 0)
+
+    # Replicated as it is created: every process computes the same state from the seed, so no
+    # host array is ever put onto a sharding that spans processes. Orbax restores onto the
+    # shardings of the state it is given (all processes restore together).
+    state = create() if replicated is None else jax.jit(create, out_shardings=replicated)()
     if mngr.latest_step() is not None:
         state = ckpt_lib.restore_state(mngr, state)
         log(f"resumed from step {int(state.step)} in {workdir}")
     if dataset.skipped:
         log(f"skipped {dataset.skipped} unreadable image files")
-    if replicated is not None:
-        state = jax.device_put(state, replicated)
     stream = None
     if dataset.is_mixture or data_lib.fits_device(dataset, config):
         device_data = data_lib.device_data(dataset, _data_sharding(dataset, replicated,
@@ -226,7 +246,7 @@ def train_and_evaluate(config, workdir: str, progress: bool = True, log=print):
     if dataset.is_mixture:
         grid_z = jax.random.normal(jax.random.fold_in(state.key, state_lib.STREAM_GRID),
                                    (2500, int(config.model.z_dim)))
-    logs = _Logs(workdir)
+    logs = _Logs(workdir, write=main)
     periodic_eval = _PeriodicEval(config, workdir, dataset, sampler, state.key, log)
     total = int(config.train.steps)
     t = config.train
@@ -267,15 +287,21 @@ def train_and_evaluate(config, workdir: str, progress: bool = True, log=print):
                                          "img/s": f"{metrics_host['train/images_per_sec']:.0f}"})
                 if crossed(prev, step, int(t.sample_every)):
                     _save_samples(workdir, step, sampler, state, grid_z, dataset, logs)
-                    plots.plot_losses(logs.path, os.path.join(workdir, "losses.png"))
+                    if main:
+                        plots.plot_losses(logs.path, os.path.join(workdir, "losses.png"))
                 if periodic_eval.due(prev, step, total):
                     logs.scalars(step, periodic_eval(state, step, config))
-                if crossed(prev, step, int(t.checkpoint_every)) or stop.signum is not None:
+                stopping = stop.signum is not None
+                if jax.process_count() > 1:  # all processes stop at the same step: they agree
+                    stopping = (crossed(prev, step, int(t.log_every))  # at log steps (a collective)
+                                and distributed.any_process(stopping))
+                if crossed(prev, step, int(t.checkpoint_every)) or stopping:
                     _check_state_finite(state, step)
                     ckpt_lib.save(mngr, state, config)
-                if stop.signum is not None:
+                if stopping:
                     mngr.wait_until_finished()
-                    name = signal.Signals(stop.signum).name
+                    name = (signal.Signals(stop.signum).name if stop.signum is not None
+                            else "a signal to another process")
                     log(f"{name}: saved a checkpoint at step {step}; resume with the same "
                         f"command (python -m jaxgan.train ... --workdir {workdir})")
                     return state, metrics_host
@@ -287,13 +313,15 @@ def train_and_evaluate(config, workdir: str, progress: bool = True, log=print):
         mngr.wait_until_finished()
         ckpt_lib.empty_trash(mngr)
         logs.close()
-        plots.plot_losses(logs.path, os.path.join(workdir, "losses.png"))  # never raises
+        if main:
+            plots.plot_losses(logs.path, os.path.join(workdir, "losses.png"))  # never raises
     return state, metrics_host
 
 
 class _PeriodicEval:
     """Scores fixed-noise samples every eval.every steps; keeps the best state in WORKDIR/best
-    (itself a workdir: `jaxgan.sample --workdir WORKDIR/best`)."""
+    (itself a workdir: `jaxgan.sample --workdir WORKDIR/best`). Multi-host: every process
+    samples and scores (the same numbers), all save the best checkpoint, the main one writes."""
 
     def __init__(self, config, workdir, dataset, sampler, key, log):
         self.every = int(config.eval.every)
@@ -327,11 +355,12 @@ class _PeriodicEval:
             value = res[f"eval/{self.metric}"]
             if self.lib.is_better(self.metric, value, self.best):
                 self.best = value
-                mngr = ckpt_lib.manager(self.best_dir, keep=1)
+                mngr = ckpt_lib.manager(self.best_dir, keep=1)  # every process saves its part
                 ckpt_lib.save(mngr, state, config)
                 mngr.wait_until_finished()
-                images_lib.atomic_write(self.best_file, lambda f: f.write(json.dumps(
-                    {"metric": self.metric, "value": value, "step": step}).encode()))
+                if distributed.is_main_process():
+                    images_lib.atomic_write(self.best_file, lambda f: f.write(json.dumps(
+                        {"metric": self.metric, "value": value, "step": step}).encode()))
         return res
 
 
@@ -345,10 +374,14 @@ def _check_finite(metrics: dict, step: int, has_checkpoint: bool) -> None:
             "Lower the learning rates or try loss.name='wgan-gp'")
 
 
+@jax.jit
+def _all_finite(tree) -> jax.Array:
+    """One compiled reduction over every leaf (not one tiny program per parameter array)."""
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+
+
 def _check_state_finite(state, step: int) -> None:
-    finite = jax.tree.map(lambda x: jnp.all(jnp.isfinite(x)),
-                          (state.g_params, state.d_params, state.ema))
-    if not all(bool(v) for v in jax.tree.leaves(jax.device_get(finite))):
+    if not bool(jax.device_get(_all_finite((state.g_params, state.d_params, state.ema)))):
         raise DivergenceError(
             f"non-finite parameters at step {step}; not saving over the last good checkpoint. "
             "Lower the learning rates or try loss.name='wgan-gp'")
@@ -382,6 +415,11 @@ def main(argv=None) -> int:
     from ml_collections import config_flags
 
     argv = list(sys.argv if argv is None else argv)
+    try:  # multi-host: JAXGAN_COORDINATOR etc. (README "Multi-host"); before any device is used
+        distributed.initialize_from_env()
+    except distributed.DistributedError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
 
     def fail(e):
         print(f"error: {_flag_error(e, argv)}", file=sys.stderr)
@@ -417,7 +455,7 @@ def main(argv=None) -> int:
         except DivergenceError as e:
             print(f"error: {e}", file=sys.stderr)
             sys.exit(3)
-        if int(state.step) >= int(f.config.train.steps):
+        if int(state.step) >= int(f.config.train.steps) and distributed.is_main_process():
             print(f"done: samples in {os.path.join(f.workdir, 'samples')}, checkpoints in "
                   f"{ckpt_lib.checkpoint_dir(f.workdir)}, curves in "
                   f"{os.path.join(f.workdir, 'losses.png')}")

@@ -13,8 +13,9 @@ or by hand, one terminal each:
     JAXGAN_COORDINATOR=127.0.0.1:12355 JAXGAN_NUM_PROCESSES=2 JAXGAN_PROCESS_ID=1 \
         python scripts/multihost_demo.py --workdir /tmp/mh
 
---mode step (default) drives `step.make_train_step` directly (what must hold for train.py);
---mode train calls `train.train_and_evaluate` unchanged, to show what it still lacks.
+--mode step (default) drives `step.make_train_step` directly; --mode train calls
+`train.train_and_evaluate` (what `python -m jaxgan.train` runs; add --stream for the
+data.Prefetcher path). Both processes must print the same metrics.
 """
 from __future__ import annotations
 
@@ -24,17 +25,7 @@ import sys
 
 import jax
 
-
-def initialize_from_env(local_devices: int = 0) -> bool:
-    """jax.distributed.initialize from JAXGAN_* variables; False (nothing done) if unset."""
-    if "JAXGAN_COORDINATOR" not in os.environ:
-        return False
-    if local_devices:
-        jax.config.update("jax_num_cpu_devices", local_devices)
-    jax.distributed.initialize(coordinator_address=os.environ["JAXGAN_COORDINATOR"],
-                               num_processes=int(os.environ["JAXGAN_NUM_PROCESSES"]),
-                               process_id=int(os.environ["JAXGAN_PROCESS_ID"]))
-    return True
+from jaxgan.distributed import initialize_from_env
 
 
 def main():
@@ -49,7 +40,8 @@ def main():
     args = ap.parse_args()
 
     jax.config.update("jax_platforms", "cpu")
-    initialize_from_env(args.local_devices)
+    os.environ.setdefault("JAXGAN_LOCAL_DEVICES", str(args.local_devices))
+    initialize_from_env()  # the library's: what `python -m jaxgan.train` calls first
     import numpy as np
     from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
