@@ -2,6 +2,9 @@
 
 DCGAN on scikit-learn's 1797 handwritten digits (8x8 scans shipped inside scikit-learn, so it
 runs offline), upsampled to 16x16. A grid of recognizable digits in a few minutes on 2 CPU cores.
+With only 1,797 images the discriminator memorises them; DiffAugment on every critic input and an
+EMA of the generator give the samples more balanced classes (BUILD_NOTES.md: class KL 0.128 ->
+0.047, classifier score 5.16 -> 5.47 against the digits classifier).
 """
 from jaxgan.config import base_config
 
@@ -15,7 +18,8 @@ def get_config():
     c.model.g_width = 64
     c.model.d_width = 32
     c.loss.name = "gan"
-    c.optim.d.lr = 1e-4             # half the generator's: on 1,797 images D otherwise wins early
+    c.train.augment = "color,translation,cutout"   # DiffAugment (Zhao et al. 2020)
+    c.train.ema_decay = 0.999
     c.train.steps = 2500
     c.train.batch_size = 64
     c.train.log_every = 50

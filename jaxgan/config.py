@@ -51,6 +51,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.d_norm = "batch"
     c.model.g_kernel = 4            # transposed-conv kernel; HW6 uses 5 (padding 2, output_padding 1)
     c.model.hidden = (512, 512)     # MLP hidden widths (generator and discriminator)
+    c.model.num_classes = 0         # > 0: class-conditional GAN on the dataset's labels
+    c.model.g_cond = "embed"        # embed (label embedding appended to z) | cbn (conditional BN)
+    c.model.d_cond = "projection"   # projection (Miyato & Koyama 2018) | concat (label planes)
 
     c.loss = ml_collections.ConfigDict()
     c.loss.name = "gan"             # gan | wgan | wgan-gp
@@ -203,6 +206,19 @@ def validate(config) -> None:
                           "set model.d_norm='layer' (or 'instance' / 'none')")
     if float(c.loss.gp_weight) < 0:
         raise ConfigError(f"loss.gp_weight={c.loss.gp_weight}; the penalty weight must be >= 0")
+    if int(c.model.num_classes) < 0:
+        raise ConfigError(f"model.num_classes={c.model.num_classes}; use 0 (unconditional) or the "
+                          "number of classes")
+    if c.model.g_cond not in ("embed", "cbn"):
+        raise ConfigError(f"model.g_cond={c.model.g_cond!r}; use 'embed' or 'cbn'")
+    if c.model.d_cond not in ("projection", "concat"):
+        raise ConfigError(f"model.d_cond={c.model.d_cond!r}; use 'projection' or 'concat'")
+    if int(c.model.num_classes) and c.model.g_cond == "cbn" and c.model.g_norm != "batch":
+        raise ConfigError("model.g_cond='cbn' is conditional batch norm: it needs "
+                          "model.g_norm='batch' (or use g_cond='embed')")
+    if int(c.model.num_classes) and is_mixture(c):
+        raise ConfigError(f"model.num_classes needs a labelled image dataset; {c.data.name!r} "
+                          "points have no labels")
     if int(c.model.z_dim) < 1:
         raise ConfigError(f"model.z_dim={c.model.z_dim}; it must be at least 1")
     for side in ("g", "d"):

@@ -486,7 +486,7 @@ def next_indices(pos: DataPosition, key: jax.Array, batch: int) -> tuple[jax.Arr
 
 
 def next_batch(pos: DataPosition, data: dict, key: jax.Array, sample_key: jax.Array,
-               batch: int, i=0) -> tuple[jax.Array, DataPosition]:
+               batch: int, i=0):
     """The next real batch in model range: f32[B, H, W, C] in [-1, 1] or f32[B, 2] points.
 
     `data` holds device arrays, one of
@@ -495,23 +495,29 @@ def next_batch(pos: DataPosition, data: dict, key: jax.Array, sample_key: jax.Ar
                                                update's batch, the position advances as if
                                                gathered (so checkpoints resume either way);
       {"centers": f32[K, 2], "sigma": f32[]}   2D mixtures: sampled with `sample_key`.
-    `key` orders the epochs.
+    `key` orders the epochs. Returns (batch, position, labels): labels int32[B] when `data`
+    holds the resident `labels` of a conditional recipe, else None.
     """
     if "centers" in data:
-        return sample_mixture(sample_key, data["centers"], data["sigma"], batch), pos
+        return sample_mixture(sample_key, data["centers"], data["sigma"], batch), pos, None
     idx, pos = next_indices(pos, key, batch)
     if "real" in data:
-        return images_lib.to_model_range(data["real"][i]), pos
-    return images_lib.to_model_range(jnp.take(data["images"], idx, axis=0)), pos
+        real = images_lib.to_model_range(data["real"][i])
+    else:
+        real = images_lib.to_model_range(jnp.take(data["images"], idx, axis=0))
+    labels = jnp.take(data["labels"], idx, axis=0) if "labels" in data else None
+    return real, pos, labels
 
 
-def device_data(dataset: Dataset, sharding=None) -> dict:
+def device_data(dataset: Dataset, sharding=None, labels: bool = False) -> dict:
     """Uploads the dataset once (uint8 for images). With a sharding that spans several processes
     (multi-host), each process copies only the rows its own devices hold."""
     if dataset.is_mixture:
         host = {"centers": dataset.centers, "sigma": np.float32(dataset.sigma)}
     else:
         host = {"images": dataset.images}
+        if labels:
+            host["labels"] = np.asarray(dataset.labels, np.int32)
     return {k: distributed.put(v, sharding) for k, v in host.items()}
 
 

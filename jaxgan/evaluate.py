@@ -284,9 +284,11 @@ class Evaluator:
 
     # ------------------------------------------------------------------ scoring
 
-    def __call__(self, samples) -> dict[str, float]:
+    def __call__(self, samples, labels=None) -> dict[str, float]:
         """Scores samples: uint8[N, H, W, C] images (or an iterable of uint8 chunks, streamed),
-        or f32[N, 2] points for ring/grid. Returns a flat dict of floats/ints."""
+        or f32[N, 2] points for ring/grid. Returns a flat dict of floats/ints. `labels` (int[N],
+        the classes a conditional generator was asked for) adds `classifier/label_accuracy`:
+        the share the classifier assigns to the requested class."""
         if self.mixture:
             return self._score_points(samples)
         want_inc = {"fid", "is", "kid"} & set(self.metrics)
@@ -311,8 +313,13 @@ class Evaluator:
             raise EvaluateError("no samples to score")
         out: dict[str, float] = {"num_samples": n}
         if self.classifier is not None:
-            out.update(self._classifier_metrics(np.concatenate(cls_feats),
-                                                np.concatenate(cls_logits)))
+            logits = np.concatenate(cls_logits)
+            out.update(self._classifier_metrics(np.concatenate(cls_feats), logits))
+            if labels is not None:
+                labels = np.asarray(labels)
+                if len(labels) != len(logits):
+                    raise EvaluateError(f"{len(labels)} labels for {len(logits)} samples")
+                out["classifier/label_accuracy"] = float(np.mean(np.argmax(logits, -1) == labels))
         if "fid" in self.metrics:
             mu, sigma = moments.result()
             out["fid"] = fid_lib.frechet_distance(mu, sigma, self._inc_ref["mu"],
@@ -370,14 +377,21 @@ def evaluate(config, samples, metrics: str | Sequence[str] | None = None, *,
     return evaluator(samples)
 
 
+def balanced_labels(num: int, num_classes: int) -> np.ndarray | None:
+    """Sample n asks for class n % K: equal classes, known to the scorer (None if unconditional)."""
+    return (np.arange(num) % num_classes).astype(np.int32) if num_classes else None
+
+
 def sample_batches(sampler, params, stats, key, num: int, z_dim: int, batch_size: int = 500,
-                   mixture: bool = False) -> Iterator[np.ndarray]:
-    """Streams `num` samples from a compiled sampler(params, stats, z) in fixed-size batches:
-    uint8[b, H, W, C] chunks (f32[b, 2] points for mixtures); noise from fold_in(key, i)."""
+                   mixture: bool = False, num_classes: int = 0) -> Iterator[np.ndarray]:
+    """Streams `num` samples from a compiled sampler(params, stats, z[, labels]) in fixed-size
+    batches: uint8[b, H, W, C] chunks (f32[b, 2] points for mixtures); noise from fold_in(key, i);
+    a conditional generator gets `balanced_labels`."""
     import jax
     for i in range(0, num, batch_size):
         z = jax.random.normal(jax.random.fold_in(key, i // batch_size), (batch_size, z_dim))
-        x = np.asarray(sampler(params, stats, z))[: num - i]
+        y = balanced_labels(i + batch_size, num_classes)
+        x = np.asarray(sampler(params, stats, z, None if y is None else y[i:]))[: num - i]
         yield x.astype(np.float32) if mixture else images_lib.to_uint8(x)
 
 
@@ -428,6 +442,18 @@ def load_samples(path: str) -> np.ndarray:
     return x
 
 
+def load_labels(path: str, num: int) -> np.ndarray | None:
+    """The `labels` array beside the samples (`jaxgan.sample` of a conditional run), or None."""
+    with np.load(path, allow_pickle=False) as f:
+        if "labels" not in f.files:
+            return None
+        labels = f["labels"]
+    if labels.shape != (num,) or not np.issubdtype(labels.dtype, np.integer):
+        raise EvaluateError(f"{path}: 'labels' must be int[{num}] (one per sample), got "
+                            f"{labels.dtype}{list(labels.shape)}")
+    return labels
+
+
 def samples_config(dataset: str, samples: np.ndarray, data_dir: str = "", split: str = "train"):
     """The recipe for scoring `samples` against `dataset` (size/channels from the samples)."""
     if not dataset:
@@ -469,6 +495,7 @@ def run_evaluation(*, workdir: str = "", samples_path: str = "", real_split: str
     start = time.perf_counter()
     record: dict = {}
     evaluator = None
+    labels = None
 
     def make_evaluator(config):
         return Evaluator(config, metrics, classifier=classifier, inception=inception,
@@ -484,11 +511,12 @@ def run_evaluation(*, workdir: str = "", samples_path: str = "", real_split: str
         record.update(step=step, source=os.path.abspath(workdir))
         if not real_split:
             evaluator = make_evaluator(config)  # errors (classifier, weights) before sampling
-            _, samples = sample_lib.generate(workdir, num, seed, step)
+            _, samples, labels = sample_lib.generate_labelled(workdir, num, seed, step)
             record.update(seed=seed)
         out = out or os.path.join(workdir, EVAL_FILE)
     elif samples_path:
         samples = load_samples(samples_path)
+        labels = load_labels(samples_path, len(samples))
         config = samples_config(dataset, samples, data_dir, split or "train")
         record.update(source=os.path.abspath(samples_path))
     elif real_split:
@@ -508,7 +536,7 @@ def run_evaluation(*, workdir: str = "", samples_path: str = "", real_split: str
         samples = samples[:num] if num else samples
         record.update(source=f"real:{config.data.name}/{real_split}")
     evaluator = evaluator or make_evaluator(config)
-    results = evaluator(samples)
+    results = evaluator(samples, labels=labels)
     record.update(dataset=config.data.name, reference=f"{config.data.name}/{config.data.split}",
                   metrics=",".join(evaluator.metrics))
     if evaluator.classifier is not None:

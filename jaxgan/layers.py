@@ -18,10 +18,16 @@ Conventions (everything NHWC):
     move: `kernel = w[:, :, ::-1, ::-1].transpose(2, 3, 0, 1)` (`kernel_from_torch`). The flip
     is there because flax's transpose_kernel=False kernel is correlated with the dilated input,
     while torch scatters each input pixel through the unflipped kernel.
+
+Second part: `conv2d` / `conv_general_dilated`, ordinary convolutions (what `flax.linen.Conv`
+computes, same parameters) whose *gradients* are written in the form XLA:CPU runs fast; the
+DCGAN critic passes `conv_general_dilated` to `nn.Conv`. Chosen per backend by
+`default_conv_impl`: 'fast' on CPU, plain lax convolutions ('xla') on GPU/TPU.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -35,7 +41,9 @@ from jax import lax
 Array = jax.Array
 IntOr2 = int | Sequence[int]
 
-IMPLEMENTATIONS = ("auto", "subpixel", "transpose")
+IMPLEMENTATIONS = ("auto", "phase", "subpixel", "transpose")
+GRAD_IMPLEMENTATIONS = ("auto", "fast", "xla")
+_DN = ("NHWC", "HWIO", "NHWC")
 
 
 def default_upsample_impl(backend: str) -> str:
@@ -163,13 +171,16 @@ def conv_transpose_torch(
     output_padding: IntOr2 = 0,
     implementation: str = "auto",
     precision: Any = None,
+    grad_impl: str = "auto",
 ) -> Array:
     """Functional torch-semantics transposed convolution (no bias).
 
     Args:
       x: [N, H, W, C_in].
       kernel: [kh, kw, C_in, C_out] (see `kernel_from_torch`); same dtype as x.
-      implementation: 'subpixel', 'transpose' or 'auto' (`default_upsample_impl`).
+      implementation: 'phase', 'subpixel', 'transpose' or 'auto' (`default_upsample_impl`).
+      grad_impl: gradients of the stride-1 convs inside 'subpixel' (and of 'phase', whose
+        gradients are the sub-pixel path's): 'fast' | 'xla' | 'auto' (`conv2d`); same values.
     Returns:
       [N, (H-1)*sh - 2*ph + kh + oph, (W-1)*sw - 2*pw + kw + opw, C_out].
     """
@@ -180,16 +191,20 @@ def conv_transpose_torch(
     flax_pads = torch_to_flax_padding((kh, kw), strides, pads, opads)  # also validates
     if implementation == "auto":
         implementation = default_upsample_impl(jax.default_backend())
-    dn = ("NHWC", "HWIO", "NHWC")
-
     if implementation == "transpose":
         return lax.conv_general_dilated(
             x, kernel, (1, 1), flax_pads, lhs_dilation=strides,
-            dimension_numbers=dn, precision=precision,
+            dimension_numbers=_DN, precision=precision,
         )
+    if implementation == "phase":
+        return _phase_conv_transpose(x, kernel, strides, pads, opads, precision, grad_impl)
     if implementation != "subpixel":
         raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}")
+    return _subpixel_conv_transpose(x, kernel, strides, pads, opads, precision, grad_impl)
 
+
+def _subpixel_conv_transpose(x, kernel, strides, pads, opads, precision, grad_impl):
+    kh, kw = kernel.shape[:2]
     out_sizes, conv_pads = [], []
     for axis, (k, s, p, op) in enumerate(zip((kh, kw), strides, pads, opads)):
         n_in = x.shape[1 + axis]
@@ -203,12 +218,272 @@ def conv_transpose_torch(
         x = lax.slice_in_dim(x, start, stop, axis=1 + axis)
         out_sizes.append(n_out)
         conv_pads.append((max(lo, 0), max(hi, 0)))
-    y = lax.conv_general_dilated(
-        x, subpixel_kernel(kernel, strides, pads), (1, 1), conv_pads,
-        dimension_numbers=dn, precision=precision,
-    )
+    y = conv2d(x, subpixel_kernel(kernel, strides, pads), (1, 1), conv_pads, precision,
+               grad_impl)
     y = depth_to_space(y, *strides)
     return y[:, : out_sizes[0], : out_sizes[1], :]
+
+
+def _phase_axis_plan(n_in: int, k: int, s: int, p: int, op: int):
+    """Per output phase r of one axis: (kernel taps, input padding lo, hi), rows per phase q,
+    output size. Phase r computes outputs s*q' + r from inputs q' + d_r + m, m < len(taps)."""
+    n_out = (n_in - 1) * s - 2 * p + k + op
+    q = -(-n_out // s)
+    big_p = k - 1 - p
+    phases = []
+    for r in range(s):
+        j0 = (big_p - r) % s
+        taps = tuple(range(j0, k, s))
+        d = (r + j0 - big_p) // s
+        phases.append((taps, -d, q + d + len(taps) - 1 - n_in))  # negative pads crop
+    return phases, q, n_out
+
+
+def _phase_forward(x, kernel, strides, pads, opads, precision):
+    """One stride-1 conv per output phase with exactly that phase's taps (the sub-pixel conv
+    also multiplies the zero taps: 36 instead of 25 for k5 s2, 36 instead of 16 for k4 s2)."""
+    kh, kw, _, cout = kernel.shape
+    n = x.shape[0]
+    (py, qy, oy), (px, qx, ox) = (
+        _phase_axis_plan(x.shape[1 + a], (kh, kw)[a], strides[a], pads[a], opads[a])
+        for a in (0, 1))
+    rows = []
+    for ty, loy, hiy in py:
+        row = []
+        for tx, lox, hix in px:
+            if not ty or not tx:  # k < s: this phase reads no tap
+                row.append(jnp.zeros((n, qy, qx, cout), x.dtype))
+                continue
+            xi = lax.pad(x, jnp.zeros((), x.dtype),
+                         ((0, 0, 0), (loy, hiy, 0), (lox, hix, 0), (0, 0, 0)))
+            kr = kernel[np.asarray(ty)][:, np.asarray(tx)]
+            row.append(_plain_conv(xi, kr, (1, 1), ((0, 0), (0, 0)), precision))
+        rows.append(jnp.stack(row, axis=3))  # [N, qy, qx, sx, C]
+    y = jnp.stack(rows, axis=2)  # [N, qy, sy, qx, sx, C]
+    return y.reshape(n, qy * strides[0], qx * strides[1], cout)[:, :oy, :ox]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5, 6))
+def _phase_conv_transpose(x, kernel, strides, pads, opads, precision, grad_impl):
+    """Forward by phases (fewest FLOPs); gradients are the sub-pixel path's (one wide conv
+    each, which XLA:CPU runs faster than s*s narrow ones; same values)."""
+    return _phase_forward(x, kernel, strides, pads, opads, precision)
+
+
+def _phase_ct_fwd(x, kernel, strides, pads, opads, precision, grad_impl):
+    return _phase_forward(x, kernel, strides, pads, opads, precision), (x, kernel)
+
+
+def _phase_ct_bwd(strides, pads, opads, precision, grad_impl, res, dy):
+    x, kernel = res
+    _, vjp = jax.vjp(lambda x_, k_: _subpixel_conv_transpose(
+        x_, k_, strides, pads, opads, precision, grad_impl), x, kernel)
+    return vjp(dy.astype(x.dtype))
+
+
+_phase_conv_transpose.defvjp(_phase_ct_fwd, _phase_ct_bwd)
+
+
+# ----------------------------------------------------------------------------- convolutions
+# Ordinary convolutions, gradients in the form XLA:CPU runs fast.
+#
+# Why: XLA:CPU runs a convolution's forward pass and its input gradient about as fast as
+# PyTorch's oneDNN, but two other things slowly (HW6, batch 64; BUILD_NOTES.md):
+#   * kernel gradients ("backward-filter" convs) of strided, thin or wide layers: the critic's
+#     4x4 stride-2 convs, its first layer (3 input channels), the generator's wide sub-pixel
+#     convs. As a few GEMMs over shifted windows of the (space-to-depth) input they are 1.5-5x
+#     faster (`_dw_gemm`).
+#   * WGAN-GP's second order: the penalty differentiates the input gradient of each strided
+#     conv once more w.r.t. the kernel, which XLA derives as a kernel-gradient conv over the
+#     stride-dilated dy, about 3x slower than the whole first-order step. Here it is a kernel
+#     gradient like any other (see the VJP table below).
+# Same sums, different order: values agree with `lax.conv_general_dilated` to float rounding
+# (tests/test_layers.py, first and second order). Forward passes are XLA's own convs.
+
+
+def default_conv_impl(backend: str) -> str:
+    """Gradient formulation that 'auto' picks for a JAX backend ('cpu', 'gpu', 'tpu').
+
+    'fast' on CPU, where it was measured (BUILD_NOTES.md, "Speed and scale"). 'xla' (plain
+    lax convs, cuDNN's own kernels) on GPU/TPU: not measured there yet; change this one
+    function after a GPU measurement.
+    """
+    return "fast" if backend == "cpu" else "xla"
+
+
+def _resolve_grad_impl(grad_impl: str) -> str:
+    if grad_impl == "auto":
+        grad_impl = default_conv_impl(jax.default_backend())
+    if grad_impl not in ("fast", "xla"):
+        raise ValueError(f"grad_impl must be one of {GRAD_IMPLEMENTATIONS}, got {grad_impl!r}")
+    return grad_impl
+
+
+Pads = tuple[tuple[int, int], tuple[int, int]]
+
+
+def _gemm_wgrad(cin: int, cout: int, strides: tuple[int, int]) -> bool:
+    """Where XLA:CPU's kernel-gradient conv lost to `_dw_gemm` (HW6, batch 64): strided convs
+    (the critic), few input channels (critic layer 1: 116 -> 24 ms CPU) and wide stride-1
+    outputs (the generator's sub-pixel convs, 16x16x128 -> 4*64: 860 -> 264 ms); not narrow
+    ones (the last sub-pixel conv, C_out 12: 90 -> 213 ms). These convs are routed through
+    `_conv`; the others are plain lax convs."""
+    return cin <= 4 or strides != (1, 1) or cout >= 128
+
+
+def _plain_conv(x, w, strides, pads, precision):
+    return lax.conv_general_dilated(x, w, strides, pads, dimension_numbers=_DN,
+                                    precision=precision)
+
+
+# The convolution y = C(x, w) is bilinear, and so are its two derivatives
+#   DX(dy, w) = (dC/dx)^T dy   (input gradient)     DW(x, dy) = (dC/dw)^T dy   (kernel gradient).
+# Their own derivatives are again C, DX and DW, from <g, DX(dy, w)> = <C(g, w), dy> =
+# <w, DW(g, dy)> and <gw, DW(x, dy)> = <C(x, gw), dy>:
+#   VJP of C  at (x, w),  cotangent dy:  (DX(dy, w), DW(x, dy))
+#   VJP of DX at (dy, w), cotangent g :  (C(g, w),   DW(g, dy))
+#   VJP of DW at (x, dy), cotangent gw:  (DX(dy, gw), C(x, gw))
+# so gradients of any order (WGAN-GP's second order included) are built from these three
+# operations, each computed in its fastest form: C and DX are XLA's own convs, DW is
+# `_dw_gemm` (for the convs `_gemm_wgrad` routes here).
+
+
+def _dx_xla(dy, w, x_shape, strides, pads, precision):
+    zeros = jnp.zeros(x_shape, dy.dtype)
+    return jax.vjp(lambda x_: _plain_conv(x_, w, strides, pads, precision), zeros)[1](dy)[0]
+
+
+def _dw_gemm(x, dy, w_shape, strides, pads: Pads, precision):
+    """Kernel gradient as a sum of GEMMs over shifted windows (im2col without the big concat).
+
+    A stride-s conv is a stride-1 conv with ceil(k/s) taps over the space-to-depth input
+    [N, H/s, W/s, s*s*C]; for each of those taps (a, b), the window of the padded input that
+    meets dy gives one GEMM window^T @ dy: [s*s*C, C_out], the kernel rows (a*s + p, b*s + q)
+    for every phase (p, q). Taps past the kernel (k not a multiple of s) are computed, dropped.
+    """
+    kh, kw, cin, cout = w_shape
+    n, oh, ow, _ = dy.shape
+    sh, sw = strides
+    th, tw = -(-kh // sh), -(-kw // sw)  # taps of the space-to-depth conv
+    hn, wn = sh * (oh + th - 1), sw * (ow + tw - 1)  # padded extent the taps read
+    (pt, _), (pl, _) = pads
+    x = lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0), (pt, hn - x.shape[1] - pt, 0),
+                                            (pl, wn - x.shape[2] - pl, 0), (0, 0, 0)))
+    x = x.reshape(n, hn // sh, sh, wn // sw, sw, cin).transpose(0, 1, 3, 2, 4, 5)
+    x = x.reshape(n, hn // sh, wn // sw, sh * sw * cin)
+    dy2 = dy.reshape(n * oh * ow, cout).astype(x.dtype)
+    taps = [lax.dot_general(x[:, a:a + oh, b:b + ow, :].reshape(n * oh * ow, -1), dy2,
+                            (((0,), (0,)), ((), ())), precision=precision,
+                            preferred_element_type=jnp.float32)
+            for a in range(th) for b in range(tw)]
+    dw = jnp.stack(taps).reshape(th, tw, sh, sw, cin, cout).transpose(0, 2, 1, 3, 4, 5)
+    return dw.reshape(th * sh, tw * sw, cin, cout)[:kh, :kw].astype(dy.dtype)
+
+
+def _dw_value(x, dy, w_shape, strides, pads, precision):
+    if _gemm_wgrad(w_shape[2], w_shape[3], strides):
+        return _dw_gemm(x, dy, w_shape, strides, pads, precision)
+    zeros = jnp.zeros(w_shape, x.dtype)
+    return jax.vjp(lambda w_: _plain_conv(x, w_, strides, pads, precision), zeros)[1](dy)[0]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _conv(x, w, strides, pads, precision):
+    return _plain_conv(x, w, strides, pads, precision)
+
+
+def _conv_fwd(x, w, strides, pads, precision):
+    return _conv(x, w, strides, pads, precision), (x, w)
+
+
+def _conv_bwd(strides, pads, precision, res, dy):
+    x, w = res
+    dy = dy.astype(x.dtype)
+    return (_conv_dx(dy, w, x.shape, strides, pads, precision),
+            _conv_dw(x, dy, w.shape, strides, pads, precision))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
+def _conv_dx(dy, w, x_shape, strides, pads, precision):
+    return _dx_xla(dy, w, x_shape, strides, pads, precision)
+
+
+def _conv_dx_fwd(dy, w, x_shape, strides, pads, precision):
+    return _conv_dx(dy, w, x_shape, strides, pads, precision), (dy, w)
+
+
+def _conv_dx_bwd(x_shape, strides, pads, precision, res, g):
+    dy, w = res
+    g = g.astype(dy.dtype)
+    return (_conv(g, w, strides, pads, precision),
+            _conv_dw(g, dy, w.shape, strides, pads, precision))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
+def _conv_dw(x, dy, w_shape, strides, pads, precision):
+    return _dw_value(x, dy, w_shape, strides, pads, precision)
+
+
+def _conv_dw_fwd(x, dy, w_shape, strides, pads, precision):
+    return _conv_dw(x, dy, w_shape, strides, pads, precision), (x, dy)
+
+
+def _conv_dw_bwd(w_shape, strides, pads, precision, res, gw):
+    x, dy = res
+    gw = gw.astype(x.dtype)
+    return (_conv_dx(dy, gw, x.shape, strides, pads, precision),
+            _conv(x, gw, strides, pads, precision))
+
+
+_conv.defvjp(_conv_fwd, _conv_bwd)
+_conv_dx.defvjp(_conv_dx_fwd, _conv_dx_bwd)
+_conv_dw.defvjp(_conv_dw_fwd, _conv_dw_bwd)
+
+
+def conv2d(x: Array, kernel: Array, strides: IntOr2 = 1, padding: Any = "VALID",
+           precision: Any = None, grad_impl: str = "auto") -> Array:
+    """`lax.conv_general_dilated(x, kernel, strides, padding)` in NHWC / HWIO, no dilation.
+
+    Args:
+      x: [N, H, W, C_in]; kernel: [kh, kw, C_in, C_out] (flax nn.Conv's layout).
+      padding: 'VALID' | 'SAME' | ((lo, hi), (lo, hi)).
+      grad_impl: 'fast' (VJP rewritten for XLA:CPU, see above), 'xla' (lax's own VJP) or
+        'auto' (`default_conv_impl` of the default backend). Same values either way.
+    Returns: [N, H', W', C_out].
+    """
+    strides = _pair(strides, "strides")
+    if isinstance(padding, str):
+        padding = lax.padtype_to_pads(x.shape[1:3], kernel.shape[:2], strides, padding)
+    pads = tuple((int(lo), int(hi)) for lo, hi in padding)
+    if _resolve_grad_impl(grad_impl) == "fast" and _gemm_wgrad(*kernel.shape[2:], strides):
+        return _conv(x, kernel, strides, pads, precision)
+    return _plain_conv(x, kernel, strides, pads, precision)
+
+
+def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
+                         rhs_dilation=None, dimension_numbers=None, feature_group_count=1,
+                         batch_group_count=1, precision=None, preferred_element_type=None,
+                         *, grad_impl: str = "auto"):
+    """Drop-in for `lax.conv_general_dilated` (pass it as `nn.Conv(conv_general_dilated=...)`).
+
+    2-D NHWC/HWIO convolutions without dilation or groups go through `conv2d` (fast gradients
+    per `grad_impl`); anything else goes to lax unchanged. Parameters are nn.Conv's own.
+    """
+    plain = functools.partial(
+        lax.conv_general_dilated, lhs, rhs, window_strides, padding, lhs_dilation,
+        rhs_dilation, dimension_numbers, feature_group_count, batch_group_count, precision,
+        preferred_element_type)
+    if lhs.ndim != 4 or rhs.ndim != 4:
+        return plain()
+    dn = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
+    simple = (dn == lax.conv_dimension_numbers(lhs.shape, rhs.shape, _DN)
+              and all(d is None or all(int(v) == 1 for v in d)
+                      for d in (lhs_dilation, rhs_dilation))
+              and feature_group_count == 1 and batch_group_count == 1
+              and preferred_element_type is None)
+    if not simple:
+        return plain()
+    return conv2d(lhs, rhs, tuple(window_strides), padding, precision, grad_impl)
 
 
 class TorchConvTranspose(nn.Module):
@@ -225,6 +500,7 @@ class TorchConvTranspose(nn.Module):
         HW6 generator: (5, 2, 2, 1); classic DCGAN: (4, 2, 1, 0); both double H and W.
       use_bias: torch's `bias=`; DCGAN layers before batch norm use False.
       implementation: 'auto' | 'subpixel' | 'transpose'; same math, different speed.
+      grad_impl: 'auto' | 'fast' | 'xla': gradients of the sub-pixel conv (`conv2d`).
       dtype: compute dtype (e.g. jnp.bfloat16); None promotes from inputs and params.
       param_dtype: storage dtype of kernel and bias.
       kernel_init: DCGAN's N(0, 0.02) by default (Radford et al. 2015).
@@ -237,6 +513,7 @@ class TorchConvTranspose(nn.Module):
     output_padding: IntOr2 = 0
     use_bias: bool = True
     implementation: str = "auto"
+    grad_impl: str = "auto"
     dtype: Any = None
     param_dtype: Any = jnp.float32
     precision: Any = None
@@ -266,7 +543,7 @@ class TorchConvTranspose(nn.Module):
         x = x.reshape((math.prod(batch_shape),) + x.shape[-3:])
         y = conv_transpose_torch(
             x, kernel, self.stride, self.padding, self.output_padding,
-            self.implementation, self.precision,
+            self.implementation, self.precision, self.grad_impl,
         )
         if bias is not None:
             y = y + bias

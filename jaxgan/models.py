@@ -10,9 +10,11 @@ import math
 from typing import Any, Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from jaxgan import config as config_lib
+from jaxgan import layers
 from jaxgan.layers import TorchConvTranspose
 
 DCGAN_INIT = nn.initializers.normal(0.02)  # Radford et al. 2016; HW6 weights_init
@@ -24,12 +26,26 @@ def _scale_init(key, shape, dtype=jnp.float32):
 
 
 class Norm(nn.Module):
-    """batch | instance | layer | none, over NHWC feature maps or [B, F] vectors."""
+    """batch | instance | layer | none, over NHWC feature maps or [B, F] vectors.
+
+    With `num_classes` and labels, batch norm is class-conditional (de Vries et al. 2017;
+    Miyato & Koyama 2018): normalised without its own affine, then scaled by 1 + gamma[y] and
+    shifted by beta[y], both embeddings initialised at 0 (so it starts as plain batch norm).
+    """
     kind: str
     dtype: Any = jnp.float32
+    num_classes: int = 0
 
     @nn.compact
-    def __call__(self, x, train: bool):
+    def __call__(self, x, train: bool, labels=None):
+        if self.kind == "batch" and self.num_classes and labels is not None:
+            x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
+                             use_scale=False, use_bias=False, dtype=self.dtype)(x)
+            f = x.shape[-1]
+            gamma = nn.Embed(self.num_classes, f, embedding_init=nn.initializers.zeros)(labels)
+            beta = nn.Embed(self.num_classes, f, embedding_init=nn.initializers.zeros)(labels)
+            shape = (x.shape[0],) + (1,) * (x.ndim - 2) + (f,)
+            return x * (1.0 + gamma.reshape(shape)) + beta.reshape(shape)
         if self.kind == "batch":
             # momentum 0.9 == PyTorch's momentum 0.1; eps 1e-5 as PyTorch.
             return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
@@ -45,6 +61,31 @@ class Norm(nn.Module):
         raise ValueError(f"unknown norm {self.kind!r}")
 
 
+def embed_labels(z, labels, num_classes: int, dtype):
+    """Generator input: the noise with a learned label embedding appended (Mirza & Osindero)."""
+    if not num_classes or labels is None:
+        return z.astype(dtype)
+    e = nn.Embed(num_classes, min(50, 5 * num_classes), name="label_embed")(labels)
+    return jnp.concatenate([z, e], axis=-1).astype(dtype)
+
+
+def projection(features, labels, num_classes: int):
+    """Miyato & Koyama 2018: <embed(y), phi(x)>, added to the unconditional logit."""
+    if not num_classes or labels is None:
+        return 0.0
+    flat = features.reshape((features.shape[0], -1)).astype(jnp.float32)
+    e = nn.Embed(num_classes, flat.shape[-1], embedding_init=nn.initializers.normal(0.02),
+                 name="label_projection")(labels)
+    return jnp.sum(flat * e, axis=-1)
+
+
+def concat_label_maps(x, labels, num_classes: int):
+    """Concatenation conditioning: one-hot label planes appended to the critic's input."""
+    onehot = jax.nn.one_hot(labels, num_classes, dtype=x.dtype)
+    onehot = onehot.reshape((x.shape[0],) + (1,) * (x.ndim - 2) + (num_classes,))
+    return jnp.concatenate([x, jnp.broadcast_to(onehot, x.shape[:-1] + (num_classes,))], -1)
+
+
 class MLPGenerator(nn.Module):
     """z: f32[B, Z] -> images f32[B, H, W, C] in [-1, 1] (tanh), or points f32[B, 2] (linear)."""
     out_shape: Sequence[int]
@@ -52,13 +93,16 @@ class MLPGenerator(nn.Module):
     norm: str = "batch"
     tanh: bool = True
     dtype: Any = jnp.float32
+    num_classes: int = 0        # > 0: class-conditional (labels int32[B])
+    cond: str = "embed"         # embed | cbn (conditional batch norm)
 
     @nn.compact
-    def __call__(self, z, train: bool = True):
-        x = z.astype(self.dtype)
+    def __call__(self, z, train: bool = True, labels=None):
+        x = embed_labels(z, labels, self.num_classes if self.cond == "embed" else 0, self.dtype)
+        cbn = self.num_classes if self.cond == "cbn" else 0
         for width in self.hidden:
             x = nn.Dense(width, dtype=self.dtype)(x)
-            x = Norm(self.norm, self.dtype)(x, train)
+            x = Norm(self.norm, self.dtype, cbn)(x, train, labels)
             x = nn.relu(x)
         x = nn.Dense(math.prod(self.out_shape), dtype=self.dtype)(x)
         x = jnp.tanh(x) if self.tanh else x
@@ -66,20 +110,25 @@ class MLPGenerator(nn.Module):
 
 
 class MLPDiscriminator(nn.Module):
-    """x: f32[B, ...] -> logits f32[B]."""
+    """x: f32[B, ...] -> logits f32[B] (class-conditional with labels: projection or concat)."""
     hidden: Sequence[int] = (512, 512)
     norm: str = "none"
     dtype: Any = jnp.float32
+    num_classes: int = 0
+    cond: str = "projection"    # projection | concat
 
     @nn.compact
-    def __call__(self, x, train: bool = True):
+    def __call__(self, x, train: bool = True, labels=None):
         x = x.reshape((x.shape[0], -1)).astype(self.dtype)
+        if self.num_classes and labels is not None and self.cond == "concat":
+            x = concat_label_maps(x, labels, self.num_classes)
         for i, width in enumerate(self.hidden):
             x = nn.Dense(width, dtype=self.dtype)(x)
             if i > 0:
                 x = Norm(self.norm, self.dtype)(x, train)
             x = nn.leaky_relu(x, 0.2)
-        return nn.Dense(1, dtype=self.dtype)(x).astype(jnp.float32)[:, 0]
+        out = nn.Dense(1, dtype=self.dtype)(x).astype(jnp.float32)[:, 0]
+        return out + projection(x, labels, self.num_classes if self.cond == "projection" else 0)
 
 
 class DCGANGenerator(nn.Module):
@@ -95,19 +144,23 @@ class DCGANGenerator(nn.Module):
     norm: str = "batch"
     kernel: int = 4
     dtype: Any = jnp.float32
+    num_classes: int = 0        # > 0: class-conditional (labels int32[B])
+    cond: str = "embed"         # embed | cbn (conditional batch norm)
 
     @nn.compact
-    def __call__(self, z, train: bool = True):
+    def __call__(self, z, train: bool = True, labels=None):
         base = config_lib.image_base(self.image_size)
         n_up = int(round(math.log2(self.image_size // base)))
         ch = self.width * 2 ** (n_up - 1)
-        x = nn.Dense(base * base * ch, use_bias=False, dtype=self.dtype)(z.astype(self.dtype))
-        x = Norm(self.norm, self.dtype)(x, train)
+        h = embed_labels(z, labels, self.num_classes if self.cond == "embed" else 0, self.dtype)
+        cbn = self.num_classes if self.cond == "cbn" else 0
+        x = nn.Dense(base * base * ch, use_bias=False, dtype=self.dtype)(h)
+        x = Norm(self.norm, self.dtype, cbn)(x, train, labels)
         x = nn.relu(x).reshape((z.shape[0], base, base, ch))
         for _ in range(n_up - 1):
             ch //= 2
             x = self._upsample(ch)(x)
-            x = Norm(self.norm, self.dtype)(x, train)
+            x = Norm(self.norm, self.dtype, cbn)(x, train, labels)
             x = nn.relu(x)
         x = self._upsample(self.channels)(x)
         return jnp.tanh(x.astype(jnp.float32))
@@ -131,22 +184,33 @@ class DCGANDiscriminator(nn.Module):
     width: int = 64
     norm: str = "batch"
     dtype: Any = jnp.float32
+    num_classes: int = 0
+    cond: str = "projection"    # projection (on the last feature map) | concat (label planes)
 
     @nn.compact
-    def __call__(self, x, train: bool = True):
+    def __call__(self, x, train: bool = True, labels=None):
         base = config_lib.image_base(self.image_size)
         n_down = int(round(math.log2(self.image_size // base)))
         x = x.astype(self.dtype)
+        if self.num_classes and labels is not None and self.cond == "concat":
+            x = concat_label_maps(x, labels, self.num_classes)
         ch = self.width
         for i in range(n_down):
+            # nn.Conv's params and values; gradients in the form the backend runs fastest
+            # (layers.conv_general_dilated; the WGAN-GP penalty's second order on CPU).
             x = nn.Conv(ch, (4, 4), strides=(2, 2), padding=((1, 1), (1, 1)),
-                        kernel_init=DCGAN_INIT, dtype=self.dtype)(x)
+                        kernel_init=DCGAN_INIT, dtype=self.dtype,
+                        conv_general_dilated=layers.conv_general_dilated)(x)
             if i > 0:
                 x = Norm(self.norm, self.dtype)(x, train)
             x = nn.leaky_relu(x, 0.2)
             ch *= 2
-        x = nn.Conv(1, (base, base), padding="VALID", kernel_init=DCGAN_INIT, dtype=self.dtype)(x)
-        return x.astype(jnp.float32).reshape((x.shape[0],))
+        features = x
+        x = nn.Conv(1, (base, base), padding="VALID", kernel_init=DCGAN_INIT, dtype=self.dtype,
+                    conv_general_dilated=layers.conv_general_dilated)(x)
+        out = x.astype(jnp.float32).reshape((x.shape[0],))
+        return out + projection(features, labels,
+                                self.num_classes if self.cond == "projection" else 0)
 
 
 def data_shape(config) -> tuple[int, ...]:
@@ -156,16 +220,38 @@ def data_shape(config) -> tuple[int, ...]:
     return (int(config.data.image_size),) * 2 + (int(config.data.channels),)
 
 
-def build(config, dtype=jnp.float32) -> tuple[nn.Module, nn.Module]:
-    """(generator, critic) for a recipe."""
+def num_classes(config) -> int:
+    """Classes a conditional recipe generates (0: unconditional; recipes saved before the key)."""
+    return int(config.model.get("num_classes", 0))
+
+
+def compute_dtype(config):
+    """The recipe's activation dtype (`train.dtype`); float32 for recipes saved before the key."""
+    name = config.train.get("dtype", "float32") if "train" in config else "float32"
+    return {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[name]
+
+
+def build(config, dtype=None) -> tuple[nn.Module, nn.Module]:
+    """(generator, critic) for a recipe.
+
+    dtype: activation (compute) dtype; None takes the recipe's `train.dtype`. Parameters are
+    float32 whatever it is, and the models take and return float32 (images, logits), so
+    optimizers, losses and the gradient penalty's norm stay float32: mixed precision. Training,
+    grids and `jaxgan.sample` / `jaxgan.evaluate` all run the networks in the recipe's dtype.
+    """
+    dtype = compute_dtype(config) if dtype is None else dtype
     m = config.model
     shape = data_shape(config)
+    k = num_classes(config)
+    g_cond = {"num_classes": k, "cond": m.get("g_cond", "embed")}
+    d_cond = {"num_classes": k, "cond": m.get("d_cond", "projection")}
     if m.arch == "mlp":
         g = MLPGenerator(out_shape=shape, hidden=tuple(m.hidden), norm=m.g_norm,
-                         tanh=not config_lib.is_mixture(config), dtype=dtype)
-        d = MLPDiscriminator(hidden=tuple(m.hidden), norm=m.d_norm, dtype=dtype)
+                         tanh=not config_lib.is_mixture(config), dtype=dtype, **g_cond)
+        d = MLPDiscriminator(hidden=tuple(m.hidden), norm=m.d_norm, dtype=dtype, **d_cond)
         return g, d
     g = DCGANGenerator(image_size=shape[0], channels=shape[2], width=m.g_width, norm=m.g_norm,
-                       kernel=m.g_kernel, dtype=dtype)
-    d = DCGANDiscriminator(image_size=shape[0], width=m.d_width, norm=m.d_norm, dtype=dtype)
+                       kernel=m.g_kernel, dtype=dtype, **g_cond)
+    d = DCGANDiscriminator(image_size=shape[0], width=m.d_width, norm=m.d_norm, dtype=dtype,
+                           **d_cond)
     return g, d

@@ -1,7 +1,7 @@
 """`python -m jaxgan.sample --workdir DIR [--step S] [--num N] [--seed K] --out FILE.{png,npz}`
 
 Restores only the generator (parameters and batch-norm statistics) and the recipe from the
-checkpoint. `.png` writes a grid; `.npz` writes `images` uint8[N, H, W, C] (or `points` f32[N, 2]
+checkpoint. For a class-conditional run `--labels 0,1,...,9` writes one grid row per class. `.png` writes a grid; `.npz` writes `images` uint8[N, H, W, C] (or `points` f32[N, 2]
 for 2D mixtures).
 """
 from __future__ import annotations
@@ -29,8 +29,9 @@ def load_generator(workdir: str, step: int | None = None):
     config, step = ckpt_lib.load_config(workdir, step)
     generator, _ = models.build(config)
     z = np.zeros((2, int(config.model.z_dim)), np.float32)
+    y = np.zeros((2,), np.int32) if models.num_classes(config) else None
     params, stats = state_lib.split_variables(
-        jax.eval_shape(lambda: generator.init(jax.random.PRNGKey(0), z, train=False)))
+        jax.eval_shape(lambda: generator.init(jax.random.PRNGKey(0), z, train=False, labels=y)))
     abstract = {"params": params, "stats": stats}
     return config, generator, ckpt_lib.restore_generator(workdir, abstract, step), step
 
@@ -42,33 +43,67 @@ def generate(workdir: str, num: int, seed: int = 0, step: int | None = None,
     Noise is drawn in fixed-size batches from fold_in(seed, batch index), so the first k samples
     do not depend on `num`.
     """
+    config, samples, _ = generate_labelled(workdir, num, seed, step, batch_size=batch_size)
+    return config, samples
+
+
+def request_labels(num: int, labels, num_classes: int) -> np.ndarray | None:
+    """The class of each requested sample: `labels` repeated num // len(labels) times each (one
+    grid row per class), or classes in turn (n % K) without `labels`; None if unconditional."""
+    if not num_classes:
+        if labels:
+            raise SampleError("--labels needs a class-conditional run (model.num_classes > 0)")
+        return None
+    if not labels:
+        return (np.arange(num) % num_classes).astype(np.int32)
+    bad = [y for y in labels if not 0 <= y < num_classes]
+    if bad:
+        raise SampleError(f"--labels has {bad[0]}; this run has classes 0..{num_classes - 1}")
+    per = max(1, num // len(labels))
+    return np.repeat(np.asarray(labels, np.int32), per)
+
+
+def generate_labelled(workdir: str, num: int, seed: int = 0, step: int | None = None,
+                      labels=None, batch_size: int = 500):
+    """(config, samples, labels): `generate` for conditional runs too (labels None otherwise).
+
+    With `labels` (class ids) the result has num // len(labels) samples of each, in order.
+    """
     if num < 1:
         raise SampleError(f"--num={num}; ask for at least one sample")
     config, generator, g, _ = load_generator(workdir, step)
+    ys = request_labels(num, labels, models.num_classes(config))
+    num = num if ys is None else len(ys)
     sampler = jax.jit(step_lib.make_sampler(generator))
     z_dim = int(config.model.z_dim)
     key = jax.random.PRNGKey(seed)
     out = []
     for i in range(0, num, batch_size):
         z = jax.random.normal(jax.random.fold_in(key, i // batch_size), (batch_size, z_dim))
-        x = np.asarray(sampler(g["params"], g["stats"], z))[: num - i]
+        y = None
+        if ys is not None:  # pad the last batch so every call has the compiled shape
+            y = np.resize(ys[i:i + batch_size], batch_size).astype(np.int32)
+        x = np.asarray(sampler(g["params"], g["stats"], z, y))[: num - i]
         out.append(x if config_lib.is_mixture(config) else images_lib.to_uint8(x))
-    return config, np.concatenate(out)
+    return config, np.concatenate(out), ys
 
 
-def write(path: str, config, samples: np.ndarray) -> None:
+def write(path: str, config, samples: np.ndarray, labels=None, per_row: int | None = None) -> None:
+    """.npz: `images` (or `points`) and, for a conditional run, `labels`; .png: a grid (one row
+    per requested class when `per_row` is given) or a scatter over the modes."""
     ext = os.path.splitext(path)[1].lower()
+    extra = {} if labels is None else {"labels": np.asarray(labels, np.int32)}
     if ext == ".npz":
         if config_lib.is_mixture(config):
             images_lib.save_npz(path, points=samples.astype(np.float32))
         else:
-            images_lib.save_npz(path, images=samples)
+            images_lib.save_npz(path, images=samples, **extra)
     elif ext == ".png":
         if config_lib.is_mixture(config):
             from jaxgan import data as data_lib
             images_lib.scatter_png(path, samples, data_lib.mixture_centers(config.data.name)[0])
         else:
-            images_lib.save_png(path, images_lib.make_grid(samples))
+            images_lib.save_png(path, images_lib.make_grid(samples, nrow=per_row))
     else:
         raise SampleError(f"--out={path!r}: use a .png (grid) or .npz (arrays) file name")
 
@@ -81,6 +116,8 @@ def main(argv=None) -> int:
     flags.DEFINE_integer("num", 64, "Number of samples.")
     flags.DEFINE_integer("seed", 0, "Noise seed.")
     flags.DEFINE_string("out", "samples.png", "Output file: .png grid or .npz arrays.")
+    flags.DEFINE_string("labels", "", "Conditional runs: comma-separated classes, one grid row "
+                        "each with --num / (number of classes) samples (e.g. 0,1,2,3,4,5,6,7,8,9).")
 
     def _main(argv):
         logging.set_verbosity(logging.WARNING)
@@ -89,8 +126,15 @@ def main(argv=None) -> int:
             ext = os.path.splitext(f.out)[1].lower()
             if ext not in (".png", ".npz"):
                 raise SampleError(f"--out={f.out!r}: use a .png (grid) or .npz (arrays) file name")
-            config, samples = generate(f.workdir, f.num, f.seed, f.step)
-            write(f.out, config, samples)
+            try:
+                wanted = [int(v) for v in f.labels.split(",") if v.strip()]
+            except ValueError:
+                raise SampleError(f"--labels={f.labels!r}: use comma-separated class numbers "
+                                  "such as 0,1,2") from None
+            config, samples, labels = generate_labelled(f.workdir, f.num, f.seed, f.step,
+                                                        labels=wanted)
+            write(f.out, config, samples, labels,
+                  per_row=max(1, f.num // len(wanted)) if wanted else None)
         except (SampleError, ckpt_lib.CheckpointError, config_lib.ConfigError) as e:
             print(f"error: {e}", file=sys.stderr)
             sys.exit(2)

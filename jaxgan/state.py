@@ -72,8 +72,9 @@ def create(seed: int, generator, critic, g_tx, d_tx, z_dim: int, example_shape,
         k_g, k_d = jax.random.split(jax.random.fold_in(key, STREAM_INIT))
         z = jnp.zeros((2, z_dim), jnp.float32)
         x = jnp.zeros((2, *example_shape), jnp.float32)
-        g_params, g_stats = split_variables(generator.init(k_g, z, train=False))
-        d_params, d_stats = split_variables(critic.init(k_d, x, train=False))
+        y = jnp.zeros((2,), jnp.int32) if getattr(generator, "num_classes", 0) else None
+        g_params, g_stats = split_variables(generator.init(k_g, z, train=False, labels=y))
+        d_params, d_stats = split_variables(critic.init(k_d, x, train=False, labels=y))
         return GANState(
             step=jnp.int32(0), g_params=g_params, g_stats=g_stats, d_params=d_params,
             d_stats=d_stats, g_opt=g_tx.init(g_params), d_opt=d_tx.init(d_params), key=key,

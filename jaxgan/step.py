@@ -24,13 +24,14 @@ from jaxgan.state import GANState
 
 
 def apply_fn(model) -> Callable:
-    """(params, stats, x, train) -> (out, new_stats); stats thread through batch norm."""
+    """(params, stats, x, train, labels=None) -> (out, new_stats); stats thread through batch
+    norm; labels int32[B] condition a class-conditional model (None otherwise)."""
 
-    def apply(params, stats, x, train: bool):
+    def apply(params, stats, x, train: bool, labels=None):
         v = state_lib.variables(params, stats)
         if not train:
-            return model.apply(v, x, train=False), stats
-        out, mutated = model.apply(v, x, train=True, mutable=["batch_stats"])
+            return model.apply(v, x, train=False, labels=labels), stats
+        out, mutated = model.apply(v, x, train=True, labels=labels, mutable=["batch_stats"])
         return out, mutated.get("batch_stats", stats)
 
     return apply
@@ -55,6 +56,7 @@ def make_train_step(generator, critic, g_tx, d_tx, config,
         return jax.random.fold_in(jax.random.fold_in(step_key, 2**20), i)
     form = config.loss.generator
     ema_decay = float(config.train.ema_decay)
+    num_classes = int(config.model.get("num_classes", 0))
     g_apply, d_apply = apply_fn(generator), apply_fn(critic)
 
     critic_loop = scan_or_unroll(loop_kind(config.train.critic_loop))
@@ -64,29 +66,35 @@ def make_train_step(generator, critic, g_tx, d_tx, config,
 
     def critic_update(state: GANState, data: dict, step_key, data_key, i):
         k_z, k_eps, k_sample = jax.random.split(jax.random.fold_in(step_key, i), 3)
-        real, position = data_lib.next_batch(state.data, data, data_key, k_sample, batch, i)
+        real, position, labels = data_lib.next_batch(state.data, data, data_key, k_sample, batch,
+                                                     i)
+        if num_classes and labels is None:
+            raise ValueError("a conditional step needs device-resident labels: "
+                             "data.device_data(dataset, labels=True)")
         real = shard(real)
         z = shard(jax.random.normal(k_z, (batch, z_dim)))
-        fake, g_stats = g_apply(state.g_params, state.g_stats, z, True)
+        # a conditional G draws fakes of the real batch's classes: the critic compares like with like
+        fake, g_stats = g_apply(state.g_params, state.g_stats, z, True, labels)
         fake = jax.lax.stop_gradient(fake)
         if policy:
             k_real, k_fake = jax.random.split(aug_key(step_key, i))
             real, fake = augment(k_real, real), augment(k_fake, fake)
 
         def loss_fn(d_params):
-            real_out, stats = d_apply(d_params, state.d_stats, real, True)
-            fake_out, stats = d_apply(d_params, stats, fake, True)
+            real_out, stats = d_apply(d_params, state.d_stats, real, True, labels)
+            fake_out, stats = d_apply(d_params, stats, fake, True, labels)
             value = loss.critic(real_out, fake_out)
             metrics = {"d/real": jnp.mean(real_out), "d/fake": jnp.mean(fake_out),
                        "d/wasserstein": jnp.mean(real_out) - jnp.mean(fake_out)}
             if loss.penalty:
                 xhat = losses_lib.interpolate(real, fake, jax.random.uniform(k_eps, (batch,)))
                 gp, norms = losses_lib.gradient_penalty(
-                    lambda x: d_apply(d_params, stats, x, True)[0], xhat)
+                    lambda x: d_apply(d_params, stats, x, True, labels)[0], xhat)
                 value = value + gp_weight * gp
                 metrics.update({"d/gp": gp, "d/gp_grad_norm": jnp.mean(norms)})
             if r1_weight > 0:
-                r1 = losses_lib.r1_penalty(lambda x: d_apply(d_params, stats, x, True)[0], real)
+                r1 = losses_lib.r1_penalty(
+                    lambda x: d_apply(d_params, stats, x, True, labels)[0], real)
                 value = value + 0.5 * r1_weight * r1
                 metrics["d/r1"] = r1
             metrics["d/loss"] = value
@@ -100,12 +108,15 @@ def make_train_step(generator, critic, g_tx, d_tx, config,
         return state, metrics
 
     def generator_update(state: GANState, step_key):
-        z = shard(jax.random.normal(jax.random.fold_in(step_key, n_critic), (batch, z_dim)))
+        k_g = jax.random.fold_in(step_key, n_critic)
+        z = shard(jax.random.normal(k_g, (batch, z_dim)))
+        labels = (jax.random.randint(jax.random.fold_in(k_g, 1), (batch,), 0, num_classes)
+                  if num_classes else None)  # uniform classes for G's own update
 
         def loss_fn(g_params):
-            fake, g_stats = g_apply(g_params, state.g_stats, z, True)
+            fake, g_stats = g_apply(g_params, state.g_stats, z, True, labels)
             fake = augment(aug_key(step_key, n_critic), fake)
-            out, d_stats = d_apply(state.d_params, state.d_stats, fake, True)
+            out, d_stats = d_apply(state.d_params, state.d_stats, fake, True, labels)
             return loss.generator(out, form), (g_stats, d_stats)
 
         (value, (g_stats, d_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
@@ -183,6 +194,7 @@ def repeat_step(train_step: Callable, num_steps: int) -> Callable:
 
 
 def make_sampler(generator) -> Callable:
-    """(g_params, g_stats, z) -> samples in eval mode (running batch-norm statistics)."""
+    """(g_params, g_stats, z, labels=None) -> samples in eval mode (running batch-norm
+    statistics); labels int32[B] pick the classes of a conditional generator."""
     g_apply = apply_fn(generator)
-    return lambda params, stats, z: g_apply(params, stats, z, False)[0]
+    return lambda params, stats, z, labels=None: g_apply(params, stats, z, False, labels)[0]

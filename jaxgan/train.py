@@ -95,6 +95,25 @@ def check_compatible(saved, config, workdir: str) -> None:
             f"(train.ema_decay); keep it {'on' if had_ema else 'off'} or use a new --workdir")
 
 
+def check_labels(config, dataset) -> None:
+    """A conditional recipe needs labels in range, resident on the device (not streamed)."""
+    k = models.num_classes(config)
+    if not k:
+        return
+    name = config.data.name
+    if dataset.labels is None:
+        raise config_lib.ConfigError(f"model.num_classes={k} but {name!r} has no labels; train "
+                                     "it unconditionally (model.num_classes=0)")
+    top = int(np.max(dataset.labels))
+    if top >= k:
+        raise config_lib.ConfigError(f"{name!r} has labels up to {top}; set "
+                                     f"model.num_classes={top + 1}")
+    if not data_lib.fits_device(dataset, config):
+        raise config_lib.ConfigError(
+            f"conditional training keeps images and labels on the device, but {name!r} needs "
+            f"{dataset.nbytes / 2**20:.0f} MiB; raise data.device_budget_mb")
+
+
 def _sharding():
     """(mesh-wide replicated sharding, batch sharding or None) over all devices: `jax.devices()`
     lists every process's devices in a multi-host run, so the mesh spans the hosts."""
@@ -155,16 +174,18 @@ class _Logs:
             self.tb.close()
 
 
-def _save_samples(workdir: str, step: int, sampler, state, z, dataset, logs) -> str | None:
+def _save_samples(workdir: str, step: int, sampler, state, z, dataset, logs,
+                  labels=None) -> str | None:
     # every process samples (a global computation); the main process writes
-    out = np.asarray(jax.device_get(sampler(*state_lib.sampling_generator(state), z)))
+    out = np.asarray(jax.device_get(sampler(*state_lib.sampling_generator(state), z, labels)))
     if not logs.write:
         return None
     if dataset.is_mixture:
         path = os.path.join(workdir, "samples", f"step_{step:07d}.png")
         images_lib.scatter_png(path, np.asarray(out), dataset.centers)
         return path
-    grid = images_lib.make_grid(images_lib.to_uint8(out))
+    per_row = None if labels is None else int(np.sum(np.asarray(labels) == 0))  # a row per class
+    grid = images_lib.make_grid(images_lib.to_uint8(out), nrow=per_row)
     path = os.path.join(workdir, "samples", f"step_{step:07d}.png")
     images_lib.save_png(path, grid)
     logs.image(step, "samples", grid)
@@ -185,6 +206,7 @@ def train_and_evaluate(config, workdir: str, progress: bool = True, log=print):
             saved, _ = ckpt_lib.load_config(workdir)
             check_compatible(saved, config, workdir)
     dataset = data_lib.load(config)
+    check_labels(config, dataset)
     main = distributed.is_main_process()  # multi-host: the one process that writes files
     if not main:
         progress, log = False, (lambda *a, **k: None)
@@ -218,9 +240,11 @@ def train_and_evaluate(config, workdir: str, progress: bool = True, log=print):
     if dataset.skipped:
         log(f"skipped {dataset.skipped} unreadable image files")
     stream = None
+    num_classes = models.num_classes(config)
     if dataset.is_mixture or data_lib.fits_device(dataset, config):
         device_data = data_lib.device_data(dataset, _data_sharding(dataset, replicated,
-                                                                   batch_sharding))
+                                                                   batch_sharding),
+                                           labels=bool(num_classes))
     else:  # too big for the device budget: a background thread feeds uint8 batches
         P = jax.sharding.PartitionSpec
         stream = data_lib.Prefetcher(
@@ -242,7 +266,15 @@ def train_and_evaluate(config, workdir: str, progress: bool = True, log=print):
         return compiled[k](state, {"real": next(stream)} if stream is not None else device_data)
 
     sampler = jax.jit(step_lib.make_sampler(generator))
-    grid_z = state_lib.grid_noise(state.key, int(config.train.num_grid), int(config.model.z_dim))
+    grid_labels = None
+    if num_classes:  # one row per class, the same noise in every row
+        per_row = max(1, int(config.train.num_grid) // num_classes)
+        grid_labels = np.repeat(np.arange(num_classes, dtype=np.int32), per_row)
+        grid_z = jnp.tile(state_lib.grid_noise(state.key, per_row, int(config.model.z_dim)),
+                          (num_classes, 1))
+    else:
+        grid_z = state_lib.grid_noise(state.key, int(config.train.num_grid),
+                                      int(config.model.z_dim))
     if dataset.is_mixture:
         grid_z = jax.random.normal(jax.random.fold_in(state.key, state_lib.STREAM_GRID),
                                    (2500, int(config.model.z_dim)))
@@ -286,7 +318,8 @@ def train_and_evaluate(config, workdir: str, progress: bool = True, log=print):
                                          "g": f"{metrics_host['g/loss']:.3f}",
                                          "img/s": f"{metrics_host['train/images_per_sec']:.0f}"})
                 if crossed(prev, step, int(t.sample_every)):
-                    _save_samples(workdir, step, sampler, state, grid_z, dataset, logs)
+                    _save_samples(workdir, step, sampler, state, grid_z, dataset, logs,
+                                  grid_labels)
                     if main:
                         plots.plot_losses(logs.path, os.path.join(workdir, "losses.png"))
                 if periodic_eval.due(prev, step, total):
@@ -347,9 +380,11 @@ class _PeriodicEval:
         return bool(self.every) and (step // self.every > prev // self.every or step == total)
 
     def __call__(self, state, step: int, config) -> dict:
+        k, num = models.num_classes(config), int(config.eval.num)
         res = self.evaluator(self.lib.sample_batches(
-            self.sampler, *state_lib.sampling_generator(state), self.key, int(config.eval.num),
-            int(config.model.z_dim), mixture=self.dataset.is_mixture))
+            self.sampler, *state_lib.sampling_generator(state), self.key, num,
+            int(config.model.z_dim), mixture=self.dataset.is_mixture, num_classes=k),
+            labels=self.lib.balanced_labels(num, k))
         res = {f"eval/{k}": float(v) for k, v in res.items()}
         if self.metric:
             value = res[f"eval/{self.metric}"]

@@ -30,10 +30,10 @@ Knobs for profiling jaxgan (monkeypatched here; jaxgan itself is not changed):
   --upsample auto|subpixel|transpose   TorchConvTranspose implementation
   --critic_loop auto|scan|unrolled     n_critic loop form
   --xla_flags "..."                    appended to XLA_FLAGS in the jaxgan workers
-  --wgrad xla|im2col                   kernel gradients as a GEMM over patches (prototype)
-  --dconv xla|subpixel                 strided convs' input gradient as a sub-pixel transposed
-                                       conv (prototype; the WGAN-GP fix)
-  --variants jaxgan:upsample=transpose,jaxgan:critic_loop=scan,...  extra jaxgan variants
+  --conv auto|fast|xla                 conv gradients (layers.default_conv_impl): 'fast' =
+                                       im2col kernel gradients + sub-pixel input gradients of
+                                       strided convs (auto on CPU), 'xla' = lax's own VJPs
+  --variants jaxgan:upsample=transpose,jaxgan:conv=xla,...  extra jaxgan variants
 """
 from __future__ import annotations
 
@@ -95,9 +95,8 @@ def _jax_worker(spec: dict, send) -> None:
 
     if spec["upsample"] != "auto":
         layers.default_upsample_impl = lambda backend: spec["upsample"]
-    if spec.get("wgrad") == "im2col" or spec.get("dconv") == "subpixel":
-        _patch_conv_vjp(wgrad_im2col=spec.get("wgrad") == "im2col",
-                        dgrad_subpixel=spec.get("dconv") == "subpixel")
+    if spec.get("conv", "auto") != "auto":
+        layers.default_conv_impl = lambda backend: spec["conv"]
     dtype = jnp.bfloat16 if spec["dtype"] == "bfloat16" else jnp.float32
     c = _hw6_config(spec["loss"], spec["batch"], spec["critic_loop"])
     config_lib.validate(c)
@@ -123,7 +122,8 @@ def _jax_worker(spec: dict, send) -> None:
             "backend": jax.default_backend(), "devices": len(jax.devices()),
             "device_kind": jax.devices()[0].device_kind,
             "loop": step_lib.loop_kind(c.train.critic_loop),
-            "upsample": layers.default_upsample_impl(jax.default_backend())}
+            "upsample": layers.default_upsample_impl(jax.default_backend()),
+            "conv": layers.default_conv_impl(jax.default_backend())}
     if spec["count_flops"]:
         info["flops"] = _model_flops(c, dtype, state, data)
     for _ in range(spec["warmup"]):
@@ -151,116 +151,16 @@ def _jax_worker(spec: dict, send) -> None:
     _serve(send, info, run, memory, spec["steps"])
 
 
-def _im2col_wgrad_wins(x_shape, w_shape, strides) -> bool:
-    """Where XLA:CPU's kernel-gradient convolution lost to im2col + GEMM (HW6, batch 64):
-    the critic's first layer (3 input channels: 185 -> 30 ms) and the generator's wide
-    sub-pixel convs (16x16x128 -> 4*64: 596 -> 280 ms); not the narrow last one (C_out 12)."""
-    cin, cout = w_shape[2], w_shape[3]
-    return cin <= 4 or (tuple(strides) == (1, 1) and cout >= 128)
-
-
-def _patch_conv_vjp(wgrad_im2col: bool, dgrad_subpixel: bool) -> None:
-    """Prototype: lax.conv_general_dilated with a custom VJP (forward is XLA's conv).
-
-    wgrad_im2col: the kernel gradient of the convs `_im2col_wgrad_wins` selects is one GEMM
-      over explicit patches, dW = patches(x)^T @ dy, instead of XLA:CPU's backward-filter conv.
-    dgrad_subpixel: the input gradient of strided convs (the critic's 4x4 stride-2 convs) is
-      the torch-semantics transposed conv computed by `layers.conv_transpose_torch` in its
-      sub-pixel form, instead of XLA's lhs-dilated conv. This matters for WGAN-GP: the
-      penalty differentiates the input gradient w.r.t. the kernel, which XLA:CPU runs as a
-      slow dilated kernel-gradient conv (critic penalty grad 13.6 s -> 3.6 s at batch 64).
-    Only NHWC/HWIO, undilated, ungrouped convs are rerouted; everything else is untouched.
-    Higher-order gradients differentiate through the plain-JAX bwd.
-    """
-    import functools
-
-    import jax
-    import jax.numpy as jnp
-    from jax import lax
-
-    from jaxgan import layers
-
-    orig = lax.conv_general_dilated
-    if getattr(orig, "_im2col_patched", False):
-        return
-
-    def patches(x, kh, kw, strides, pads, oh, ow):
-        x = jnp.pad(x, ((0, 0), tuple(pads[0]), tuple(pads[1]), (0, 0)))
-        sh, sw = strides
-        cols = [x[:, i:i + sh * (oh - 1) + 1:sh, j:j + sw * (ow - 1) + 1:sw, :]
-                for i in range(kh) for j in range(kw)]
-        return jnp.concatenate(cols, axis=-1)  # [N, oh, ow, kh*kw*C_in], taps major
-
-    @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
-    def conv(x, w, strides, pads, precision):
-        return orig(x, w, strides, pads, dimension_numbers=("NHWC", "HWIO", "NHWC"),
-                    precision=precision)
-
-    def fwd(x, w, strides, pads, precision):
-        return conv(x, w, strides, pads, precision), (x, w)
-
-    def plain(x, w, strides, pads, precision):
-        return orig(x, w, strides, pads, dimension_numbers=("NHWC", "HWIO", "NHWC"),
-                    precision=precision)
-
-    def bwd(strides, pads, precision, res, dy):
-        x, w = res
-        kh, kw, cin, cout = w.shape
-        n, oh, ow, _ = dy.shape
-        sym = pads[0][0] == pads[0][1] and pads[1][0] == pads[1][1]
-        if dgrad_subpixel and tuple(strides) != (1, 1) and sym:
-            # d conv / dx == torch ConvTranspose2d(dy) with the same weight
-            ops = [x.shape[1 + a] - ((dy.shape[1 + a] - 1) * strides[a] - 2 * pads[a][0]
-                                     + w.shape[a]) for a in (0, 1)]
-            dx = layers.conv_transpose_torch(
-                dy, w[::-1, ::-1].transpose(0, 1, 3, 2), strides, (pads[0][0], pads[1][0]),
-                ops, implementation="subpixel", precision=precision)
-        else:
-            (dx,) = jax.vjp(lambda x: plain(x, w, strides, pads, precision), x)[1](dy)
-        if wgrad_im2col and _im2col_wgrad_wins(x.shape, w.shape, strides) or (
-                dgrad_subpixel and tuple(strides) != (1, 1)):
-            p = patches(x, kh, kw, strides, pads, oh, ow).reshape(n * oh * ow, kh * kw * cin)
-            dw = jnp.dot(p.T, dy.reshape(n * oh * ow, cout).astype(p.dtype),
-                         preferred_element_type=jnp.float32)
-            dw = dw.reshape(kh, kw, cin, cout).astype(w.dtype)
-        else:
-            (dw,) = jax.vjp(lambda w: plain(x, w, strides, pads, precision), w)[1](dy)
-        return dx, dw
-
-    conv.defvjp(fwd, bwd)
-
-    def patched(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
-                dimension_numbers=None, feature_group_count=1, batch_group_count=1,
-                precision=None, preferred_element_type=None):
-        ok = (tuple(dimension_numbers or ()) == ("NHWC", "HWIO", "NHWC")
-              and not any(d not in (None, 1) and tuple(d) != (1, 1)
-                          for d in (lhs_dilation, rhs_dilation))
-              and feature_group_count == 1 and batch_group_count == 1
-              and preferred_element_type is None and lhs.ndim == 4)
-        if ok and isinstance(padding, str):
-            ok = padding == "VALID"
-            padding = ((0, 0), (0, 0))
-        if ok and ((wgrad_im2col and _im2col_wgrad_wins(lhs.shape, rhs.shape, window_strides))
-                   or (dgrad_subpixel and tuple(window_strides) != (1, 1))):
-            pads = tuple(tuple(int(v) for v in p) for p in padding)
-            return conv(lhs, rhs, tuple(int(s) for s in window_strides), pads, precision)
-        return orig(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
-                    dimension_numbers, feature_group_count, batch_group_count, precision,
-                    preferred_element_type)
-
-    patched._im2col_patched = True
-    lax.conv_general_dilated = patched
-
-
 def _model_flops(c, dtype, state, data) -> float:
-    """XLA cost-analysis FLOPs of one step with the plain transposed conv and an unrolled loop."""
+    """XLA cost-analysis FLOPs of one step with plain (lax) convs and an unrolled loop."""
     import jax
 
     from jaxgan import layers, models, optim
     from jaxgan import step as step_lib
 
-    saved = layers.default_upsample_impl
+    saved, saved_conv = layers.default_upsample_impl, layers.default_conv_impl
     layers.default_upsample_impl = lambda backend: "transpose"
+    layers.default_conv_impl = lambda backend: "xla"
     try:
         c = c.copy_and_resolve_references()
         c.train.critic_loop = "unrolled"
@@ -271,7 +171,7 @@ def _model_flops(c, dtype, state, data) -> float:
         cost = cost[0] if isinstance(cost, (list, tuple)) else cost
         return float(cost["flops"])
     finally:
-        layers.default_upsample_impl = saved
+        layers.default_upsample_impl, layers.default_conv_impl = saved, saved_conv
 
 
 def _torch_worker(spec: dict, send) -> None:
@@ -460,10 +360,8 @@ def main(argv=None) -> int:
     ap.add_argument("--upsample", default="auto", choices=("auto", "subpixel", "transpose"))
     ap.add_argument("--critic_loop", default="auto", choices=("auto", "scan", "unrolled"))
     ap.add_argument("--xla_flags", default="")
-    ap.add_argument("--wgrad", default="xla", choices=("xla", "im2col"),
-                    help="jaxgan kernel gradients: XLA's convs, or the im2col GEMM prototype")
-    ap.add_argument("--dconv", default="xla", choices=("xla", "subpixel"),
-                    help="jaxgan input gradients of strided convs: XLA's, or sub-pixel (prototype)")
+    ap.add_argument("--conv", default="auto", choices=("auto", "fast", "xla"),
+                    help="jaxgan conv gradients (layers.default_conv_impl); auto: fast on CPU")
     ap.add_argument("--repeats", type=int, default=5, help="timed repeats per variant (median)")
     ap.add_argument("--steps", type=int, default=1, help="training steps per timed repeat")
     ap.add_argument("--warmup", type=int, default=1, help="untimed steps after compilation")
@@ -516,8 +414,7 @@ def main(argv=None) -> int:
                     "upsample": kv.get("upsample", args.upsample),
                     "critic_loop": kv.get("critic_loop", args.critic_loop),
                     "xla_flags": kv.get("xla_flags", args.xla_flags),
-                    "wgrad": kv.get("wgrad", args.wgrad),
-                    "dconv": kv.get("dconv", args.dconv),
+                    "conv": kv.get("conv", args.conv),
                     "count_flops": count_flops and impl == "jaxgan" and not kv}
             w = Worker(_label(impl, kv), sys.executable if impl == "jaxgan" else torch_python,
                        spec, env, log)
@@ -580,7 +477,7 @@ def _report(loss: str, workers, args) -> list[dict]:
         if "loop" in w.info:
             i = w.info
             extra.append(f"{w.name}: {i['backend']} x{i['devices']} loop={i['loop']} "
-                         f"upsample={i['upsample']} trace+lower {i['trace_lower_s']:.1f}s "
+                         f"upsample={i['upsample']} conv={i['conv']} trace+lower {i['trace_lower_s']:.1f}s "
                          f"+ XLA {w.info['xla_compile_s']:.1f}s")
         if w.times:
             extra.append(f"{w.name}: ms/step per repeat "

@@ -81,7 +81,7 @@ def bench_resident(config, images: np.ndarray, steps: int = 200) -> float:
     def run(pos):
         def body(carry, _):
             pos, acc = carry
-            x, pos = data_lib.next_batch(pos, data, key, key, batch)
+            x, pos, _ = data_lib.next_batch(pos, data, key, key, batch)
             return (pos, acc + jnp.sum(x)), None
         (pos, acc), _ = jax.lax.scan(body, (pos, jnp.float32(0)), None,
                                      length=steps * n_critic)

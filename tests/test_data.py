@@ -244,7 +244,7 @@ def test_streaming_equals_device_gather_and_resumes():
     def gather(pos):
         out = []
         for i in range(n_critic):
-            x, pos = data_lib.next_batch(pos, resident, key, key, batch)
+            x, pos, _ = data_lib.next_batch(pos, resident, key, key, batch)
             out.append(x)
         return jnp.stack(out), pos
 
@@ -252,7 +252,7 @@ def test_streaming_equals_device_gather_and_resumes():
     def streamed(pos, real):
         out = []
         for i in range(n_critic):
-            x, pos = data_lib.next_batch(pos, {"real": real}, key, key, batch, i)
+            x, pos, _ = data_lib.next_batch(pos, {"real": real}, key, key, batch, i)
             out.append(x)
         return jnp.stack(out), pos
 

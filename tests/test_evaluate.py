@@ -271,3 +271,22 @@ def test_cli_end_to_end_and_exit_code(ring_workdir, tmp_path):
                          capture_output=True, text=True, env=env, cwd=REPO, timeout=120)
     assert bad.returncode == 2
     assert bad.stderr.strip().startswith("error: workdir") and bad.stderr.count("\n") == 1
+
+
+def test_label_accuracy_scores_requested_classes(digits, digits_clf, tmp_path):
+    """Conditional samples carry the classes they were asked for: the classifier checks them."""
+    _, real = digits
+    digits_clf.save(tmp_path / "clf")
+    x, y = real.images[:300], real.labels[:300]
+    accuracy = {}
+    for name, labels in (("right", y), ("wrong", (y + 1) % 10)):
+        path = tmp_path / f"{name}.npz"
+        np.savez(path, images=x, labels=labels)
+        rec = ev.run_evaluation(samples_path=str(path), dataset="digits", metrics="classifier",
+                                classifier=str(tmp_path / "clf"), log=lambda *_: None)
+        accuracy[name] = rec["classifier/label_accuracy"]
+    assert accuracy["right"] > 0.8 and accuracy["wrong"] < 0.2, accuracy
+    np.savez(tmp_path / "short.npz", images=x, labels=y[:10])
+    with pytest.raises(ev.EvaluateError, match=r"'labels' must be int\[300\]"):
+        ev.run_evaluation(samples_path=str(tmp_path / "short.npz"), dataset="digits",
+                          classifier=str(tmp_path / "clf"), log=lambda *_: None)

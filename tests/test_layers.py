@@ -21,7 +21,7 @@ from jaxgan.layers import (
     torch_to_flax_padding,
 )
 
-IMPLS = ("subpixel", "transpose")
+IMPLS = ("phase", "subpixel", "transpose")
 # (k, s, p, op): HW6 generator, classic DCGAN, odd kernel with output_padding; then stride 3.
 CONFIGS = [(5, 2, 2, 1), (4, 2, 1, 0), (3, 2, 1, 1)]
 SIZES = [((4, 4), 3, 5), ((7, 7), 5, 3), ((7, 5), 1, 4)]  # ((H, W), C_in, C_out)
@@ -143,3 +143,109 @@ def test_errors_name_the_fix():
         TorchConvTranspose(2, 5, 2, 2, output_padding=2).init(jax.random.key(0), x)
     with pytest.raises(ValueError, match="implementation"):
         TorchConvTranspose(2, 4, implementation="fft").init(jax.random.key(0), x)
+
+
+# ------------------------------------------------------------------ conv2d: fast gradients
+from functools import partial  # noqa: E402
+
+from jaxgan import layers  # noqa: E402
+
+# (name, (H, W), C_in, C_out, k, stride, padding): each row exercises another part of
+# layers._dw_gemm (space-to-depth taps, dropped taps, cropping) inside the custom VJPs.
+CONV_CASES = [
+    ("k4 s2 p1 (the critic), 3 channels, odd and even sizes", (7, 8), 3, 5, 4, 2, ((1, 1), (1, 1))),
+    ("k5 s3 p2: taps past the kernel dropped", (8, 7), 2, 3, 5, 3, ((2, 2), (2, 2))),
+    ("strided, asymmetric pads, input cropped", (8, 8), 5, 4, 4, 2, ((1, 2), (0, 1))),
+    ("stride 1, SAME, wide output (the generator's sub-pixel convs)", (4, 4), 8, 128, 3, 1,
+     "SAME"),
+]
+
+
+def _first_and_second_order(apply, params, x, cot):
+    """Output, d/d(params, x) of <y, cot>, and second order both ways round: d/dparams of a
+    WGAN-GP-like penalty sum((d/dx sum(tanh(y) * cot))^2) (jax.grad of a function of jax.grad
+    w.r.t. x), and d/dx of sum((d/dparams sum(tanh(y) * cot))^2)."""
+
+    def all_orders(params, x, cot):
+        y = apply(params, x)
+        first = jax.grad(lambda p, xx: jnp.sum(apply(p, xx) * cot), argnums=(0, 1))(params, x)
+
+        def f(p, xx):
+            return jnp.sum(jnp.tanh(apply(p, xx)) * cot)
+
+        def penalty(p):
+            return jnp.sum(jnp.square(jax.grad(f, argnums=1)(p, x)))
+
+        def param_grad_norm(xx):
+            return sum(jnp.sum(jnp.square(g)) for g in jax.tree.leaves(jax.grad(f)(params, xx)))
+
+        return y, first, (jax.grad(penalty)(params), jax.grad(param_grad_norm)(x))
+
+    return jax.jit(all_orders)(params, x, cot)  # one compile beats op-by-op dispatch here
+
+
+def _close(got, want, what):
+    for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+        scale = float(jnp.max(jnp.abs(w)))
+        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5 * scale, err_msg=what)
+
+
+@pytest.mark.parametrize("case", CONV_CASES, ids=[c[0] for c in CONV_CASES])
+def test_fast_conv_gradients_equal_flax_conv_to_second_order(case):
+    _, hw, cin, cout, k, s, pad = case
+    rng = np.random.default_rng(1)
+    x = jnp.asarray(rng.standard_normal((2, *hw, cin)), jnp.float32)
+    ref = nn.Conv(cout, (k, k), strides=(s, s), padding=pad)
+    fast = ref.clone(conv_general_dilated=partial(layers.conv_general_dilated, grad_impl="fast"))
+    shapes = jax.eval_shape(ref.init, jax.random.key(0), x)
+    assert jax.tree.map(jnp.shape, jax.eval_shape(fast.init, jax.random.key(0), x)) == \
+        jax.tree.map(jnp.shape, shapes)  # the same parameter tree as nn.Conv
+    params = jax.tree.map(lambda a: jnp.asarray(0.3 * rng.standard_normal(a.shape), a.dtype),
+                          shapes)
+    y = ref.apply(params, x)
+    cot = jnp.asarray(rng.standard_normal(y.shape), jnp.float32)
+    assert layers._gemm_wgrad(cin, cout, (s, s))  # routed through the custom VJPs
+    want = _first_and_second_order(ref.apply, params, x, cot)
+    got = _first_and_second_order(fast.apply, params, x, cot)
+    _close(got[0], want[0], "output")
+    _close(got[1], want[1], "first-order gradients (params, x)")
+    _close(got[2], want[2], "second order: d/dparams of |d/dx|^2 and d/dx of |d/dparams|^2")
+
+
+def test_fast_transposed_conv_gradients_equal_xla_to_second_order():
+    # 4 * C_out = 128 sub-pixel channels: the generator's GEMM kernel-gradient path.
+    x, mod, params = _init(5, 2, 2, 1, (4, 4), 8, 32, use_bias=False)
+    cot = jnp.asarray(np.random.default_rng(2).standard_normal((2, 8, 8, 32)), jnp.float32)
+    want = _first_and_second_order(mod.clone(grad_impl="xla").apply, params, x, cot)
+    got = _first_and_second_order(mod.clone(grad_impl="fast").apply, params, x, cot)
+    for g, w, what in zip(got, want, ("output", "first order", "second order")):
+        _close(g, w, what)
+
+
+def test_fast_conv_gradients_in_bfloat16():
+    """Mixed precision: bf16 activations and kernels through the custom VJPs, second order
+    included; same dtypes as lax's VJP and values within bf16 rounding of it."""
+    rng = np.random.default_rng(3)
+    x = jnp.asarray(rng.standard_normal((2, 8, 8, 3)), jnp.bfloat16)
+    w = jnp.asarray(0.3 * rng.standard_normal((4, 4, 3, 8)), jnp.bfloat16)
+
+    def penalty(impl):
+        def f(w, x):
+            return jnp.sum(jnp.tanh(layers.conv2d(x, w, 2, ((1, 1), (1, 1)), grad_impl=impl)))
+        return jax.jit(jax.grad(lambda w: jnp.sum(
+            jnp.square(jax.grad(f, argnums=1)(w, x).astype(jnp.float32)))))(w)
+
+    got, want = penalty("fast"), penalty("xla")
+    assert got.dtype == want.dtype == jnp.bfloat16
+    scale = float(jnp.max(jnp.abs(want.astype(jnp.float32))))
+    np.testing.assert_allclose(np.asarray(got, np.float32), np.asarray(want, np.float32),
+                               atol=3e-2 * scale, rtol=0)
+
+
+def test_conv_impl_is_chosen_per_backend_and_validated():
+    assert layers.default_conv_impl("cpu") == "fast"
+    assert layers.default_conv_impl("gpu") == layers.default_conv_impl("tpu") == "xla"
+    # a narrow stride-1 conv keeps lax's own VJP
+    assert not layers._gemm_wgrad(8, 4, (1, 1))
+    with pytest.raises(ValueError, match="grad_impl"):
+        layers.conv2d(jnp.zeros((1, 4, 4, 2)), jnp.zeros((3, 3, 2, 2)), grad_impl="im2col")

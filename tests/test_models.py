@@ -91,3 +91,66 @@ def test_image_sizes_the_dcgan_cannot_build_are_rejected():
     with pytest.raises(config_lib.ConfigError, match="image_size=144"):
         config_lib.image_base(48 * 3)  # 144 = 9 * 16: no 4 or 7 base
     assert config_lib.image_base(28) == 7 and config_lib.image_base(64) == 4
+
+
+def test_dcgan_convs_take_the_backends_gradient_formulation(monkeypatch):
+    """On CPU the critic's strided convs and the generator's sub-pixel convs go through
+    layers' custom VJPs (tests/test_layers.py proves them equal to lax's, to second order);
+    elsewhere they are plain lax convs. Same parameter trees either way."""
+    from jaxgan import layers
+
+    c = config_lib.base_config()
+    c.data.image_size, c.model.g_width, c.model.d_width, c.model.d_norm = 16, 4, 4, "layer"
+    g, d = models.build(c)
+    x, z = jnp.zeros((2, 16, 16, 1)), jnp.zeros((2, 100))
+    dv = jax.eval_shape(lambda: d.init(jax.random.PRNGKey(0), x, train=False))
+    gv = jax.eval_shape(lambda: g.init(jax.random.PRNGKey(0), z, train=False))
+
+    def custom_vjps():
+        jd = str(jax.make_jaxpr(lambda v: d.apply(v, x, train=False))(dv))
+        jg = str(jax.make_jaxpr(lambda v: g.apply(v, z, train=False))(gv))
+        return jd.count("custom_vjp_call"), jg.count("custom_vjp_call")
+
+    assert layers.default_conv_impl(jax.default_backend()) == "fast"  # tests run on CPU
+    assert custom_vjps() == (2, 1)  # D: both 4x4 stride-2 convs; G: the 4 -> 1 sub-pixel conv
+    monkeypatch.setattr(layers, "default_conv_impl", lambda backend: "xla")
+    assert custom_vjps() == (0, 0)
+
+
+def _conditional(arch, g_cond, d_cond):
+    from conftest import tiny_image_config
+    c = tiny_image_config(**{"model.arch": arch, "model.num_classes": 3, "model.g_cond": g_cond,
+                             "model.d_cond": d_cond})
+    g, d = models.build(c)
+    z = jax.random.normal(jax.random.PRNGKey(0), (3, int(c.model.z_dim)))
+    y = jnp.arange(3, dtype=jnp.int32)
+    gv = g.init(jax.random.PRNGKey(1), z, train=False, labels=y)
+    x = g.apply(gv, z, train=False, labels=y)
+    dv = d.init(jax.random.PRNGKey(2), x, train=False, labels=y)
+    return g, gv, d, dv, z, x
+
+
+@pytest.mark.parametrize("arch", ["dcgan", "mlp"])
+def test_conditional_batch_norm_starts_as_plain_batch_norm_then_follows_the_class(arch):
+    g, gv, _, _, z, _ = _conditional(arch, "cbn", "projection")
+    same_z = jnp.repeat(z[:1], 3, axis=0)
+    out = g.apply(gv, same_z, train=False, labels=jnp.arange(3))
+    np.testing.assert_allclose(out[0], out[1], atol=1e-6)  # embeddings start at 0
+    gv = jax.tree_util.tree_map_with_path(
+        lambda p, v: v + 0.5 * jnp.arange(v.size).reshape(v.shape) / v.size
+        if "Embed" in jax.tree_util.keystr(p) else v, gv)
+    out = g.apply(gv, same_z, train=False, labels=jnp.arange(3))
+    assert float(jnp.max(jnp.abs(out[0] - out[1]))) > 1e-3
+
+
+@pytest.mark.parametrize("arch,d_cond", [("dcgan", "projection"), ("dcgan", "concat"),
+                                         ("mlp", "projection"), ("mlp", "concat")])
+def test_conditional_critic_scores_depend_on_the_label(arch, d_cond):
+    _, _, d, dv, _, x = _conditional(arch, "embed", d_cond)
+    same_x = jnp.repeat(x[:1], 3, axis=0)
+    out = d.apply(dv, same_x, train=False, labels=jnp.arange(3))
+    assert float(jnp.max(out) - jnp.min(out)) > 1e-6
+    if d_cond == "projection":  # logit = unconditional part + <embed(y), phi(x)>
+        flat = {jax.tree_util.keystr(p): v for p, v in
+                jax.tree_util.tree_flatten_with_path(dv["params"])[0]}
+        assert any("label_projection" in k for k in flat)

@@ -177,3 +177,32 @@ def test_streaming_trains_exactly_like_the_resident_dataset(tmp_path):
     assert any(line.startswith("streaming") for line in logs), logs
     for x, y in zip(_leaves(resident), _leaves(streamed)):
         np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-7)
+
+
+def test_conditional_run_samples_one_row_per_requested_class(tmp_path):
+    c = tiny_image_config(**{"model.num_classes": 10, "model.g_cond": "cbn", "train.steps": 2,
+                             "train.checkpoint_every": 2, "train.sample_every": 2,
+                             "train.num_grid": 20})
+    train_lib.train_and_evaluate(c, str(tmp_path), progress=False)
+    grid = np.asarray(__import__("PIL.Image", fromlist=["Image"]).open(
+        tmp_path / "samples" / "step_0000002.png"))
+    config, images, labels = sample_lib.generate_labelled(str(tmp_path), 6, labels=[7, 2])
+    np.testing.assert_array_equal(labels, [7, 7, 7, 2, 2, 2])
+    sample_lib.write(str(tmp_path / "s.npz"), config, images, labels)
+    sample_lib.write(str(tmp_path / "s.png"), config, images, labels, per_row=3)
+    with np.load(tmp_path / "s.npz") as f:
+        np.testing.assert_array_equal(f["labels"], labels)
+        assert f["images"].shape == (6, 16, 16, 1)
+    png = np.asarray(__import__("PIL.Image", fromlist=["Image"]).open(tmp_path / "s.png"))
+    cells = lambda n: n * (16 + 2) + 2  # noqa: E731  (16 px cells, 2 px padding; PNGs are scaled)
+    assert png.shape[0] * cells(3) == png.shape[1] * cells(2)  # 2 rows (classes) of 3
+    assert grid.shape[0] * cells(2) == grid.shape[1] * cells(10)  # training: 10 class rows of 2
+    with pytest.raises(sample_lib.SampleError, match="classes 0..9"):
+        sample_lib.generate_labelled(str(tmp_path), 4, labels=[10])
+
+
+def test_conditional_recipe_checks_the_datasets_labels(tmp_path):
+    with pytest.raises(config_lib.ConfigError, match="labels up to 9; set model.num_classes=10"):
+        train_lib.train_and_evaluate(tiny_image_config(**{"model.num_classes": 5}),
+                                     str(tmp_path), progress=False)
+    assert not (tmp_path / "checkpoints").exists()
