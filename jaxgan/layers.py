@@ -49,12 +49,11 @@ _DN = ("NHWC", "HWIO", "NHWC")
 def default_upsample_impl(backend: str) -> str:
     """Implementation that 'auto' picks for a JAX backend name ('cpu', 'gpu', 'tpu').
 
-    Sub-pixel everywhere: measured 10-20x faster on XLA:CPU (scripts/benchmark_upsample.py);
-    not yet measured on GPU/TPU, where it is at worst a plain conv. Change this one function
-    after a GPU measurement.
+    CPU: 'phase' (forward 1.4-1.9x faster than 'subpixel' on the HW6 generator's layers, which
+    are 10-20x faster than 'transpose'; BUILD_NOTES.md). GPU/TPU: 'subpixel', one plain conv,
+    not yet measured there; change this one function after a GPU measurement.
     """
-    del backend  # Same answer everywhere until a GPU/TPU measurement says otherwise.
-    return "subpixel"
+    return "phase" if backend == "cpu" else "subpixel"
 
 
 def _pair(v: IntOr2, name: str) -> tuple[int, int]:

@@ -27,7 +27,7 @@ plain transposed-conv formulation, i.e. model FLOPs (the sub-pixel kernel's zero
 counted); the same count is used for torch's MFU.
 
 Knobs for profiling jaxgan (monkeypatched here; jaxgan itself is not changed):
-  --upsample auto|subpixel|transpose   TorchConvTranspose implementation
+  --upsample auto|phase|subpixel|transpose   TorchConvTranspose implementation
   --critic_loop auto|scan|unrolled     n_critic loop form
   --xla_flags "..."                    appended to XLA_FLAGS in the jaxgan workers
   --conv auto|fast|xla                 conv gradients (layers.default_conv_impl): 'fast' =
@@ -357,7 +357,8 @@ def main(argv=None) -> int:
                     help="comma list of jaxgan, torch-eager, torch-compile")
     ap.add_argument("--variants", default="",
                     help="extra variants, e.g. 'jaxgan:upsample=transpose,jaxgan:critic_loop=scan'")
-    ap.add_argument("--upsample", default="auto", choices=("auto", "subpixel", "transpose"))
+    ap.add_argument("--upsample", default="auto",
+                    choices=("auto", "phase", "subpixel", "transpose"))
     ap.add_argument("--critic_loop", default="auto", choices=("auto", "scan", "unrolled"))
     ap.add_argument("--xla_flags", default="")
     ap.add_argument("--conv", default="auto", choices=("auto", "fast", "xla"),

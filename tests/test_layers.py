@@ -93,7 +93,7 @@ def _numpy_torch_conv_transpose(x, w, s, p, op):
     return full[:, p : p + h_out, p : p + w_out, :]
 
 
-@pytest.mark.parametrize("k,s,p,op", CONFIGS + [(5, 3, 2, 2), (3, 2, 0, 0)])
+@pytest.mark.parametrize("k,s,p,op", CONFIGS + [(5, 3, 2, 2), (3, 2, 0, 0), (2, 3, 0, 1)])
 def test_matches_direct_numpy_with_torch_weights(k, s, p, op):
     rng = np.random.default_rng(0)
     x = rng.standard_normal((2, 3, 4, 3))
@@ -134,7 +134,7 @@ def test_auto_batch_dims_and_defaults():
     np.testing.assert_allclose(y.reshape(6, 8, 8, 6), flat, atol=1e-5)
     std = float(jnp.std(params["params"]["kernel"]))
     assert 0.015 < std < 0.025  # DCGAN N(0, 0.02) init
-    assert default_upsample_impl("cpu") in ("subpixel", "transpose")
+    assert default_upsample_impl("cpu") == "phase" and default_upsample_impl("gpu") == "subpixel"
 
 
 def test_errors_name_the_fix():
