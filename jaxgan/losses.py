@@ -52,6 +52,7 @@ def wgan_generator_loss(fake_scores: Array, form: str = "") -> Array:
 
 def hinge_critic_loss(real_scores: Array, fake_scores: Array) -> Array:
     """E[max(0, 1 - D(x))] + E[max(0, 1 + D(G(z)))] (Lim & Ye 2017; SNGAN, BigGAN)."""
+    real_scores, fake_scores = _f32(real_scores), _f32(fake_scores)
     return jnp.mean(jax.nn.relu(1.0 - real_scores)) + jnp.mean(jax.nn.relu(1.0 + fake_scores))
 
 
@@ -61,7 +62,7 @@ def r1_penalty(critic: Callable[[Array], Array], real: Array) -> Array:
     Penalising the critic's slope at the data stops it from overshooting around the real
     distribution, which is what makes unregularised GAN training oscillate.
     """
-    grads = jax.grad(lambda x: jnp.sum(critic(x)))(real)
+    grads = _f32(jax.grad(lambda x: jnp.sum(_f32(critic(x))))(real))
     return jnp.mean(jnp.sum(jnp.square(grads.reshape((grads.shape[0], -1))), axis=1))
 
 

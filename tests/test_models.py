@@ -94,8 +94,8 @@ def test_image_sizes_the_dcgan_cannot_build_are_rejected():
 
 
 def test_dcgan_convs_take_the_backends_gradient_formulation(monkeypatch):
-    """On CPU the critic's strided convs and the generator's sub-pixel convs go through
-    layers' custom VJPs (tests/test_layers.py proves them equal to lax's, to second order);
+    """On CPU the critic's strided convs and the generator's upsampling go through layers'
+    custom VJPs (tests/test_layers.py proves them equal to lax's / flax's, to second order);
     elsewhere they are plain lax convs. Same parameter trees either way."""
     from jaxgan import layers
 
@@ -112,9 +112,11 @@ def test_dcgan_convs_take_the_backends_gradient_formulation(monkeypatch):
         return jd.count("custom_vjp_call"), jg.count("custom_vjp_call")
 
     assert layers.default_conv_impl(jax.default_backend()) == "fast"  # tests run on CPU
-    assert custom_vjps() == (2, 1)  # D: both 4x4 stride-2 convs; G: the 4 -> 1 sub-pixel conv
+    assert custom_vjps() == (2, 2)  # D: both 4x4 stride-2 convs; G: both 'phase' upsamplings
     monkeypatch.setattr(layers, "default_conv_impl", lambda backend: "xla")
-    assert custom_vjps() == (0, 0)
+    assert custom_vjps() == (0, 2)
+    monkeypatch.setattr(layers, "default_upsample_impl", lambda backend: "subpixel")
+    assert custom_vjps() == (0, 0)  # what GPU/TPU run: plain lax convs
 
 
 def _conditional(arch, g_cond, d_cond):
