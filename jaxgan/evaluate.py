@@ -377,9 +377,7 @@ def evaluate(config, samples, metrics: str | Sequence[str] | None = None, *,
     return evaluator(samples)
 
 
-def balanced_labels(num: int, num_classes: int) -> np.ndarray | None:
-    """Sample n asks for class n % K: equal classes, known to the scorer (None if unconditional)."""
-    return (np.arange(num) % num_classes).astype(np.int32) if num_classes else None
+balanced_labels = sample_lib.balanced_labels  # the classes conditional samples are asked for
 
 
 def sample_batches(sampler, params, stats, key, num: int, z_dim: int, batch_size: int = 500,
@@ -390,8 +388,8 @@ def sample_batches(sampler, params, stats, key, num: int, z_dim: int, batch_size
     import jax
     for i in range(0, num, batch_size):
         z = jax.random.normal(jax.random.fold_in(key, i // batch_size), (batch_size, z_dim))
-        y = balanced_labels(i + batch_size, num_classes)
-        x = np.asarray(sampler(params, stats, z, None if y is None else y[i:]))[: num - i]
+        y = balanced_labels(batch_size, num_classes, start=i)
+        x = np.asarray(sampler(params, stats, z, y))[: num - i]
         yield x.astype(np.float32) if mixture else images_lib.to_uint8(x)
 
 

@@ -47,6 +47,13 @@ def generate(workdir: str, num: int, seed: int = 0, step: int | None = None,
     return config, samples
 
 
+def balanced_labels(num: int, num_classes: int, start: int = 0) -> np.ndarray | None:
+    """Sample n asks for class n % K: equal classes, known to the scorer (None if unconditional)."""
+    if not num_classes:
+        return None
+    return ((start + np.arange(num)) % num_classes).astype(np.int32)
+
+
 def request_labels(num: int, labels, num_classes: int) -> np.ndarray | None:
     """The class of each requested sample: `labels` repeated num // len(labels) times each (one
     grid row per class), or classes in turn (n % K) without `labels`; None if unconditional."""
@@ -55,7 +62,7 @@ def request_labels(num: int, labels, num_classes: int) -> np.ndarray | None:
             raise SampleError("--labels needs a class-conditional run (model.num_classes > 0)")
         return None
     if not labels:
-        return (np.arange(num) % num_classes).astype(np.int32)
+        return balanced_labels(num, num_classes)
     bad = [y for y in labels if not 0 <= y < num_classes]
     if bad:
         raise SampleError(f"--labels has {bad[0]}; this run has classes 0..{num_classes - 1}")
