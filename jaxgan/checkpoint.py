@@ -1,6 +1,6 @@
 """Orbax checkpoints of a run: the whole GANState, the generator alone, and the recipe.
 
-The generator is saved as its own item so `jaxgan.sample` and `jaxgan.evaluate` restore a few
+The generator (and a semi-supervised run's critic) is saved as its own item so `jaxgan.sample` and `jaxgan.evaluate` restore a few
 megabytes instead of both optimizers and the critic. Orbax writes each step to a temporary
 directory and renames it when complete, so a crash mid-save leaves the previous step restorable.
 """
@@ -46,10 +46,13 @@ def save(mngr: ocp.CheckpointManager, state: GANState, config) -> None:
         return
     empty_trash(mngr)
     params, stats = sampling_generator(state)
-    mngr.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state),
-        generator=ocp.args.StandardSave({"params": params, "stats": stats}),
-        config=ocp.args.JsonSave(config.to_dict())))
+    items = {"state": ocp.args.StandardSave(state),
+             "generator": ocp.args.StandardSave({"params": params, "stats": stats}),
+             "config": ocp.args.JsonSave(config.to_dict())}
+    if config.loss.name == "ssgan":  # the semi-supervised critic is the classifier users want
+        d = state.d_ema or {"params": state.d_params, "stats": state.d_stats}
+        items["critic"] = ocp.args.StandardSave(d)
+    mngr.save(step, args=ocp.args.Composite(**items))
 
 
 def empty_trash(mngr: ocp.CheckpointManager) -> None:
@@ -115,10 +118,10 @@ def load_config(workdir: str, step: int | None = None) -> tuple[ml_collections.C
     return ml_collections.ConfigDict(restored.config), step
 
 
-def restore_generator(workdir: str, abstract: dict, step: int) -> dict:
+def restore_generator(workdir: str, abstract: dict, step: int, item: str = "generator") -> dict:
     """{"params", "stats"} of the generator alone (its EMA when the run kept one; the critic and
-    optimizers stay on disk)."""
+    optimizers stay on disk); item="critic": a semi-supervised run's critic alone."""
     mngr = _existing(workdir)
     restored = mngr.restore(step, args=ocp.args.Composite(
-        generator=ocp.args.StandardRestore(_placed(abstract))))
-    return restored.generator
+        **{item: ocp.args.StandardRestore(_placed(abstract))}))
+    return restored[item]

@@ -9,7 +9,7 @@ import difflib
 
 import ml_collections
 
-LOSSES = ("gan", "wgan", "wgan-gp", "hinge")
+LOSSES = ("gan", "wgan", "wgan-gp", "hinge", "ssgan")
 NORMS = ("batch", "instance", "layer", "none")
 ARCHS = ("mlp", "dcgan")
 MIXTURES = ("ring", "grid")
@@ -36,6 +36,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.image_size = 32
     c.data.channels = 1
     c.data.limit = 0                # use only the first N examples (0: all); for quick experiments
+    c.data.labelled = 100           # loss.name='ssgan': labelled examples (equal per class); the
+                                    # rest of the split is used without labels
     c.data.download = False         # prepare a missing TFDS dataset (needs jaxgan[prepare] and the
                                     # network); False: fail at once with the command to run
     c.data.num_examples = 128_000   # stacked_mnist: examples built from the seed (PacGAN, VEEGAN)
@@ -54,9 +56,17 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.num_classes = 0         # > 0: class-conditional GAN on the dataset's labels
     c.model.g_cond = "embed"        # embed (label embedding appended to z) | cbn (conditional BN)
     c.model.d_cond = "projection"   # projection (Miyato & Koyama 2018) | concat (label planes)
+    # mode-collapse remedies, all off by default
+    c.model.d_spectral_norm = False  # spectral norm on every critic layer (Miyato et al. 2018)
+    c.model.d_mbstd = 0             # minibatch-stddev group size before the critic's last layer
+                                    # (Karras et al. 2018; ProGAN uses 4); 0: off
+    c.model.pack = 1                # PacGAN: the critic judges packs of m samples (Lin et al. 2018)
+    c.model.g_noise = False         # per-layer noise injection in G (StyleGAN, Karras et al. 2019)
 
     c.loss = ml_collections.ConfigDict()
-    c.loss.name = "gan"             # gan | wgan | wgan-gp
+    c.loss.name = "gan"             # gan | wgan | wgan-gp | hinge | ssgan (semi-supervised:
+                                    # a model.num_classes-way critic, Salimans et al. 2016)
+    c.loss.unlabelled_weight = 1.0  # ssgan: weight of the unlabelled (real/fake) critic loss
     c.loss.generator = "non_saturating"  # gan only: non_saturating (-log D(G(z))) or minimax
     c.loss.gp_weight = 10.0         # wgan-gp lambda (Gulrajani et al. 2017)
     c.loss.clip = 0.01              # wgan weight clipping c (Arjovsky et al. 2017)
@@ -82,6 +92,14 @@ def base_config() -> ml_collections.ConfigDict:
                                     # "color,translation,cutout" (Zhao et al. 2020); "": none
     c.train.ema_decay = 0.0         # EMA of G's weights and BN statistics for samples, grids,
                                     # evaluation and the saved generator (0: off; try 0.999)
+    c.train.old_critic_every = 0    # K > 0: every K-th generator update is made against the
+                                    # critic as it was K steps before (a snapshot refreshed every
+                                    # K steps: "go back to an old D"); 0: off
+    c.train.replay_size = 0         # N > 0: a buffer of N old fakes; part of every critic fake
+                                    # batch comes from it (Shrivastava et al. 2017); 0: off
+    c.train.replay_fraction = 0.5   # share of each fake batch drawn from the replay buffer
+    c.train.d_ema_decay = 0.0       # EMA of the critic's weights; ssgan evaluates and saves it as
+                                    # its classifier (Salimans et al. test with 0.9999); 0: off
     c.train.critic_loop = "auto"    # n_critic loop: scan | unrolled | auto (unrolled on CPU)
     c.train.dtype = "float32"       # activations: float32 | bfloat16 (mixed precision for GPU/TPU;
                                     # params, optimizer states, losses and the penalty stay f32)
@@ -163,6 +181,29 @@ def image_base(size: int) -> int:
             "use 16, 28, 32, 56, 64 or 128, or set model.arch='mlp'")
 
 
+def _validate_ssgan(c) -> None:
+    if int(c.model.num_classes) < 2:
+        raise ConfigError("loss.name='ssgan' trains a K-class critic: set model.num_classes=K "
+                          "(10 for MNIST)")
+    if is_mixture(c):
+        raise ConfigError("loss.name='ssgan' needs a labelled image dataset, not 2D points")
+    if c.model.arch != "mlp":
+        raise ConfigError("loss.name='ssgan' uses Salimans et al.'s MLP critic: set "
+                          "model.arch='mlp' (model.hidden sets the generator's widths)")
+    if int(c.data.labelled) < 1 or int(c.data.labelled) % int(c.model.num_classes):
+        raise ConfigError(f"data.labelled={c.data.labelled}; use a positive multiple of "
+                          f"model.num_classes={c.model.num_classes} (equal labels per class)")
+    remedies = [k for k, off in (("d_spectral_norm", False), ("d_mbstd", 0), ("pack", 1),
+                                 ("g_noise", False)) if c.model[k] != off]
+    if remedies:
+        raise ConfigError(f"model.{remedies[0]} changes the GAN critic or generator; the ssgan "
+                          "recipe uses Salimans et al.'s critic: leave it at its default")
+    if int(c.train.n_critic) != 1 or c.train.augment.strip() or float(c.loss.r1_weight) > 0:
+        raise ConfigError("loss.name='ssgan' makes one critic update per step without "
+                          "augmentation or R1: set train.n_critic=1, train.augment='', "
+                          "loss.r1_weight=0")
+
+
 def validate(config) -> None:
     """Raises ConfigError with a one-line message for recipes that cannot work."""
     check_keys(config)
@@ -206,6 +247,8 @@ def validate(config) -> None:
                           "set model.d_norm='layer' (or 'instance' / 'none')")
     if float(c.loss.gp_weight) < 0:
         raise ConfigError(f"loss.gp_weight={c.loss.gp_weight}; the penalty weight must be >= 0")
+    if c.loss.name == "ssgan":
+        _validate_ssgan(c)
     if int(c.model.num_classes) < 0:
         raise ConfigError(f"model.num_classes={c.model.num_classes}; use 0 (unconditional) or the "
                           "number of classes")
@@ -219,6 +262,16 @@ def validate(config) -> None:
     if int(c.model.num_classes) and is_mixture(c):
         raise ConfigError(f"model.num_classes needs a labelled image dataset; {c.data.name!r} "
                           "points have no labels")
+    if int(c.model.d_mbstd) < 0:
+        raise ConfigError(f"model.d_mbstd={c.model.d_mbstd}; use 0 (off) or a group size such as 4")
+    if int(c.model.pack) < 1:
+        raise ConfigError(f"model.pack={c.model.pack}; use 1 (off) or the samples per pack, e.g. 2")
+    if int(c.train.batch_size) % int(c.model.pack):
+        raise ConfigError(f"train.batch_size={c.train.batch_size} is not a multiple of "
+                          f"model.pack={c.model.pack}; make it one")
+    if int(c.model.pack) > 1 and int(c.model.num_classes):
+        raise ConfigError("a pack of samples has no single label: use model.pack=1 with "
+                          "model.num_classes, or num_classes=0 with packing")
     if int(c.model.z_dim) < 1:
         raise ConfigError(f"model.z_dim={c.model.z_dim}; it must be at least 1")
     for side in ("g", "d"):
@@ -236,6 +289,26 @@ def validate(config) -> None:
     if not 0.0 <= float(c.train.ema_decay) < 1.0:
         raise ConfigError(f"train.ema_decay={c.train.ema_decay}; use 0 (off) or a decay in (0, 1) "
                           "such as 0.999")
+    if not 0.0 <= float(c.train.d_ema_decay) < 1.0:
+        raise ConfigError(f"train.d_ema_decay={c.train.d_ema_decay}; use 0 (off) or a decay in "
+                          "(0, 1) such as 0.999")
+    if float(c.train.d_ema_decay) > 0 and c.loss.name != "ssgan":
+        raise ConfigError("train.d_ema_decay averages the semi-supervised critic (loss.name="
+                          "'ssgan'); for samples average the generator: train.ema_decay")
+    if int(c.train.old_critic_every) < 0 or int(c.train.replay_size) < 0:
+        raise ConfigError("train.old_critic_every and train.replay_size must be >= 0 (0: off)")
+    if int(c.train.replay_size):
+        n_old = int(float(c.train.replay_fraction) * int(c.train.batch_size))
+        if not 0 < n_old < int(c.train.batch_size):
+            raise ConfigError(f"train.replay_fraction={c.train.replay_fraction} draws {n_old} of "
+                              f"the {c.train.batch_size} fakes from the buffer; use a fraction "
+                              "in (0, 1) such as 0.5")
+        if int(c.train.replay_size) < int(c.train.batch_size):
+            raise ConfigError(f"train.replay_size={c.train.replay_size} is smaller than one "
+                              f"batch ({c.train.batch_size}); use a few batches' worth or more")
+        if int(c.model.num_classes):
+            raise ConfigError("old fakes in the replay buffer have no labels for a conditional "
+                              "critic: set train.replay_size=0 with model.num_classes")
     if c.optim.schedule not in SCHEDULES:
         raise ConfigError(f"optim.schedule={c.optim.schedule!r}; choose one of {', '.join(SCHEDULES)}")
     if c.loss.name == "wgan" and not float(c.loss.clip) > 0:

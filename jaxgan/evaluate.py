@@ -15,6 +15,8 @@ and appends it to DIR/eval.jsonl. Metric groups (`--metrics`, default by dataset
   classifier  classifier/fd, classifier/score (+_std), classifier/classes_covered,
               classifier/class_kl (stacked_mnist: classifier/fd on per-channel features)
   fid, is, kid  with the FID Inception weights (`--inception FILE.pth|DIR`)
+  accuracy    semi-supervised runs (loss.name='ssgan', the default for them): accuracy/test, the
+              critic's classification accuracy on the dataset's test split
 
 Library: `Evaluator(config, metrics, ...)` loads the networks and the real data's reference
 statistics once (cached as .npz); `evaluator(samples) -> dict` then only extracts features of the
@@ -39,7 +41,7 @@ from jaxgan import sample as sample_lib
 from jaxgan.metrics import classifier as clf_lib
 from jaxgan.metrics import fid as fid_lib
 
-METRIC_GROUPS = ("fid", "is", "kid", "classifier", "modes")
+METRIC_GROUPS = ("fid", "is", "kid", "classifier", "modes", "accuracy")
 STACKED = "stacked_mnist"
 EVAL_FILE = "eval.jsonl"
 CHUNK = 5000            # images per feature-extraction chunk: memory bound for any N
@@ -48,7 +50,7 @@ KID_REFERENCE = 10000   # real Inception features kept in the cache for KID
 # Which way is better, for keeping the best checkpoint.
 LOWER_IS_BETTER = frozenset({"fid", "kid", "classifier/fd", "classifier/class_kl", "modes/kl",
                              "modes/reverse_kl"})
-HIGHER_IS_BETTER = frozenset({"is", "classifier/score", "classifier/classes_covered",
+HIGHER_IS_BETTER = frozenset({"is", "classifier/score", "classifier/classes_covered", "accuracy/test",
                               "modes/covered", "modes/captured", "modes/high_quality"})
 
 
@@ -69,7 +71,10 @@ def is_better(metric: str, new: float, old: float | None) -> bool:
 
 
 def default_metrics(config) -> tuple[str, ...]:
-    """ring/grid and stacked_mnist: modes; other images: classifier (no weights download)."""
+    """ring/grid and stacked_mnist: modes; semi-supervised runs: their critic's test accuracy;
+    other images: classifier (no weights download)."""
+    if config.loss.name == "ssgan":
+        return ("accuracy",)
     if config_lib.is_mixture(config) or config.data.name == STACKED:
         return ("modes",)
     return ("classifier",)
@@ -83,6 +88,9 @@ def parse_metrics(metrics: str | Sequence[str] | None, config) -> tuple[str, ...
     bad = [m for m in names if m not in METRIC_GROUPS]
     if bad:
         raise EvaluateError(f"unknown metric {bad[0]!r}; choose from {', '.join(METRIC_GROUPS)}")
+    if "accuracy" in names and config.loss.name != "ssgan":
+        raise EvaluateError("'accuracy' scores a semi-supervised critic (loss.name='ssgan'); this "
+                            "run has none: use --metrics classifier")
     if config_lib.is_mixture(config):
         other = [m for m in names if m != "modes"]
         if other:
@@ -507,6 +515,16 @@ def run_evaluation(*, workdir: str = "", samples_path: str = "", real_split: str
         if split:
             config.data.split = split
         record.update(step=step, source=os.path.abspath(workdir))
+        names = parse_metrics(metrics, config)
+        if "accuracy" in names:  # the critic itself is the product of a semi-supervised run
+            from jaxgan import ssgan
+            record.update(ssgan.evaluate_checkpoint(workdir, config, step), step=step)
+            names = tuple(n for n in names if n != "accuracy")
+            if not names:
+                out = out or os.path.join(workdir, EVAL_FILE)
+                record.update(dataset=config.data.name, metrics="accuracy")
+                return _finish(record, start, out)
+            metrics = ",".join(names)
         if not real_split:
             evaluator = make_evaluator(config)  # errors (classifier, weights) before sampling
             _, samples, labels = sample_lib.generate_labelled(workdir, num, seed, step)
@@ -540,6 +558,10 @@ def run_evaluation(*, workdir: str = "", samples_path: str = "", real_split: str
     if evaluator.classifier is not None:
         record["classifier"] = evaluator.classifier.meta.get("fingerprint", "")
     record.update(results)
+    return _finish(record, start, out)
+
+
+def _finish(record: dict, start: float, out: str) -> dict:
     record["seconds"] = round(time.perf_counter() - start, 2)
     record = {k: _jsonable(v) for k, v in record.items()}
     if out:

@@ -72,16 +72,38 @@ def interpolate(real: Array, fake: Array, eps: Array) -> Array:
     return eps * real + (1.0 - eps) * fake
 
 
-def gradient_penalty(critic: Callable[[Array], Array], xhat: Array) -> tuple[Array, Array]:
-    """(E[(||grad_xhat D(xhat)||_2 - 1)^2], per-example norms f32[B]) (Gulrajani et al. 2017).
+def gradient_penalty(critic: Callable[[Array], Array], xhat: Array,
+                     pack: int = 1) -> tuple[Array, Array]:
+    """(E[(||grad_xhat D(xhat)||_2 - 1)^2], per-pack norms f32[B / pack]) (Gulrajani et al. 2017).
 
     The gradient of sum_i D(xhat_i) w.r.t. xhat is the per-example gradient only when examples do
     not interact inside D, which is why a batch-norm critic is rejected by config validation.
+    pack: a PacGAN critic (Lin et al. 2018) scores packs of `pack` consecutive examples, so the
+    norm is taken over each pack's concatenated input (its interpolation uses one eps per pack).
     """
     grads = _f32(jax.grad(lambda x: jnp.sum(_f32(critic(x))))(xhat))
-    sq = jnp.sum(jnp.square(grads.reshape((grads.shape[0], -1))), axis=1)
+    sq = jnp.sum(jnp.square(grads.reshape((grads.shape[0] // pack, -1))), axis=1)
     norms = jnp.sqrt(sq + 1e-12)  # finite gradient of the penalty where the gradient vanishes
     return jnp.mean(jnp.square(norms - 1.0)), norms
+
+
+def ssgan_unlabelled_loss(real_logits: Array, fake_logits: Array) -> Array:
+    """Salimans et al. 2016's unsupervised critic loss on K-class logits f32[B, K].
+
+    With D(x) = Z / (Z + 1), Z = sum_k exp(l_k), the real/fake logit is logsumexp(l), and
+    -1/2 E log D(x) - 1/2 E log(1 - D(G(z))) is half the GAN critic loss on those logits.
+    """
+    real = jax.nn.logsumexp(_f32(real_logits), axis=-1)
+    fake = jax.nn.logsumexp(_f32(fake_logits), axis=-1)
+    return 0.5 * gan_critic_loss(real, fake)
+
+
+def feature_matching_loss(real_features: Array, fake_features: Array) -> Array:
+    """||E f(x) - E f(G(z))||^2 / F over a critic layer f (Salimans et al. 2016, sec. 3.1):
+    G matches the data's statistics instead of beating the current critic, which keeps the
+    semi-supervised critic a good classifier."""
+    diff = jnp.mean(_f32(real_features), axis=0) - jnp.mean(_f32(fake_features), axis=0)
+    return jnp.mean(jnp.square(diff))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,4 +119,6 @@ LOSSES: dict[str, Loss] = {
     "wgan": Loss(wgan_critic_loss, wgan_generator_loss, clip=True),
     "wgan-gp": Loss(wgan_critic_loss, wgan_generator_loss, penalty=True),
     "hinge": Loss(hinge_critic_loss, wgan_generator_loss),
+    # K-class critic outputs; the labelled cross-entropy and the step live in jaxgan.ssgan
+    "ssgan": Loss(ssgan_unlabelled_loss, feature_matching_loss),
 }

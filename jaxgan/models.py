@@ -3,6 +3,10 @@
 Every model takes `train: bool`; batch-norm statistics live in the `batch_stats` collection and are
 threaded through the step explicitly. Critics return raw logits / scores `f32[B]` (no sigmoid:
 the losses are written on logits for numerical stability).
+
+Mode-collapse remedies, each off by default (one config switch each, read only by `build`):
+spectral normalization of the critic (`spectral_norm`), minibatch standard deviation (`mbstd`),
+PacGAN packing (`pack`) and noise injection in the generator (`noise`).
 """
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxgan import config as config_lib
 from jaxgan import layers
@@ -86,6 +91,104 @@ def concat_label_maps(x, labels, num_classes: int):
     return jnp.concatenate([x, jnp.broadcast_to(onehot, x.shape[:-1] + (num_classes,))], -1)
 
 
+def critic_layer(layer: nn.Module, x, train: bool, spectral_norm: bool):
+    """`layer(x)`, or with its kernel divided by its largest singular value (Miyato et al. 2018).
+
+    The power-iteration vector u and the estimate sigma live in `batch_stats`: one power step per
+    training call (update_stats=train); eval calls read them without updating. Conv kernels are
+    reshaped to (kh * kw * in, out), as SNGAN does.
+    """
+    if not spectral_norm:
+        return layer(x)
+    return nn.SpectralNorm(layer)(x, update_stats=train)
+
+
+def pack_examples(x, pack: int):
+    """PacGAN (Lin et al. 2018): f32[B, ..., C] -> f32[B / pack, ..., pack * C].
+
+    Consecutive examples form a pack (examples 0..m-1 are pack 0), concatenated along the last
+    axis: features for [B, F] vectors, channels for NHWC maps. A critic that judges m samples
+    at once sees their joint diversity, which penalises a generator that collapses to few modes.
+    """
+    if pack == 1:
+        return x
+    b = x.shape[0]
+    if b % pack:
+        raise ValueError(f"the critic's batch of {b} is not a multiple of model.pack={pack}")
+    x = x.reshape((b // pack, pack) + x.shape[1:])
+    x = jnp.moveaxis(x, 1, -2)  # [B/m, ..., m, C]
+    return x.reshape(x.shape[:-2] + (pack * x.shape[-1],))
+
+
+def mbstd_group(batch: int, group: int) -> int:
+    """The largest divisor of `batch` not above `group` (ProGAN needs equal groups)."""
+    return max(d for d in range(1, min(group, batch) + 1) if batch % d == 0)
+
+
+def minibatch_stddev(x, group: int):
+    """Minibatch standard deviation (Karras et al. 2018): f32[B, ..., C] -> f32[B, ..., C + 1].
+
+    Consecutive groups of g = mbstd_group(B, group) examples; for each group, the standard
+    deviation over its examples of every feature (sqrt(var + 1e-8)), averaged over features and
+    positions, is appended as one constant channel to each of its examples. A collapsed
+    generator's batches have low spread, which the critic can then see. It couples the examples
+    of a group, so the gradient penalty / R1 gradients are no longer strictly per example (ProGAN
+    used it with WGAN-GP all the same).
+    """
+    b = x.shape[0]
+    g = mbstd_group(b, group)
+    y = x.astype(jnp.float32).reshape((b // g, g) + x.shape[1:])
+    std = jnp.sqrt(jnp.var(y, axis=1) + 1e-8)               # [B/g, ..., C]
+    s = jnp.mean(std, axis=tuple(range(1, std.ndim)))        # [B/g]
+    s = jnp.repeat(s, g).reshape((b,) + (1,) * (x.ndim - 1))
+    s = jnp.broadcast_to(s, x.shape[:-1] + (1,)).astype(x.dtype)
+    return jnp.concatenate([x, s], axis=-1)
+
+
+_SEED_MIX = 0x9E3779B1  # 2^32 / golden ratio: odd, so (2j + 1) * _SEED_MIX are distinct odd words
+
+
+def z_seeds(z):
+    """uint32[B]: a hash of each row of z's float32 bits (a weighted sum mod 2^32 with distinct
+    odd weights). Keying each example's noise by its own z makes a noisy generator's sample a
+    function of (z, stream key) alone, whatever batch the z sits in."""
+    bits = jax.lax.bitcast_convert_type(z.astype(jnp.float32), jnp.uint32)
+    weights = (((2 * np.arange(z.shape[-1], dtype=np.uint64) + 1) * _SEED_MIX)
+               % 2**32).astype(np.uint32)
+    return jnp.sum(bits * jnp.asarray(weights), axis=-1, dtype=jnp.uint32)
+
+
+class NoiseInjection(nn.Module):
+    """x + scale[c] * N(0, 1) (StyleGAN, Karras et al. 2019): more randomness for G than z.
+
+    One noise value per example and position, shared by the channels of a feature map (as
+    StyleGAN); one per example and feature for vectors. `scale` starts at 0, so a fresh
+    generator computes what it would without noise. keys: one PRNG key per example.
+    """
+
+    @nn.compact
+    def __call__(self, x, keys):
+        scale = self.param("scale", nn.initializers.zeros, (x.shape[-1],))
+        shape = x.shape[1:-1] + (1,) if x.ndim > 2 else x.shape[1:]
+        noise = jax.vmap(lambda k: jax.random.normal(k, shape))(keys)
+        return x + (scale * noise).astype(x.dtype)
+
+
+def noise_keys(module: nn.Module, z, on: bool):
+    """Per-example keys from the 'noise' rng stream and each row of z (None when off)."""
+    if not on:
+        return None
+    return jax.vmap(jax.random.fold_in, (None, 0))(module.make_rng("noise"), z_seeds(z))
+
+
+def add_noise(x, keys, layer: int):
+    """Noise injection after hidden layer `layer` (identity without keys)."""
+    if keys is None:
+        return x
+    layer_keys = jax.vmap(jax.random.fold_in, (0, None))(keys, layer)
+    return NoiseInjection(name=f"noise_{layer}")(x, layer_keys)
+
+
 class MLPGenerator(nn.Module):
     """z: f32[B, Z] -> images f32[B, H, W, C] in [-1, 1] (tanh), or points f32[B, 2] (linear)."""
     out_shape: Sequence[int]
@@ -95,40 +198,59 @@ class MLPGenerator(nn.Module):
     dtype: Any = jnp.float32
     num_classes: int = 0        # > 0: class-conditional (labels int32[B])
     cond: str = "embed"         # embed | cbn (conditional batch norm)
+    noise: bool = False         # noise injection after each hidden norm (needs the 'noise' rng)
 
     @nn.compact
     def __call__(self, z, train: bool = True, labels=None):
+        keys = noise_keys(self, z, self.noise)
         x = embed_labels(z, labels, self.num_classes if self.cond == "embed" else 0, self.dtype)
         cbn = self.num_classes if self.cond == "cbn" else 0
-        for width in self.hidden:
+        for i, width in enumerate(self.hidden):
             x = nn.Dense(width, dtype=self.dtype)(x)
             x = Norm(self.norm, self.dtype, cbn)(x, train, labels)
-            x = nn.relu(x)
+            x = nn.relu(add_noise(x, keys, i))
         x = nn.Dense(math.prod(self.out_shape), dtype=self.dtype)(x)
         x = jnp.tanh(x) if self.tanh else x
         return x.astype(jnp.float32).reshape((z.shape[0], *self.out_shape))
 
 
 class MLPDiscriminator(nn.Module):
-    """x: f32[B, ...] -> logits f32[B] (class-conditional with labels: projection or concat)."""
+    """x: f32[B, ...] -> logits f32[B / pack] (class-conditional with labels: projection or
+    concat)."""
     hidden: Sequence[int] = (512, 512)
     norm: str = "none"
     dtype: Any = jnp.float32
     num_classes: int = 0
     cond: str = "projection"    # projection | concat
+    spectral_norm: bool = False  # every Dense spectrally normalised (critic_layer)
+    mbstd: int = 0              # minibatch-stddev group size before the last layer (0: off)
+    pack: int = 1               # PacGAN: one logit per pack of consecutive examples
 
     @nn.compact
     def __call__(self, x, train: bool = True, labels=None):
+        _check_pack(self, labels)
         x = x.reshape((x.shape[0], -1)).astype(self.dtype)
+        x = pack_examples(x, self.pack)
         if self.num_classes and labels is not None and self.cond == "concat":
             x = concat_label_maps(x, labels, self.num_classes)
         for i, width in enumerate(self.hidden):
-            x = nn.Dense(width, dtype=self.dtype)(x)
+            x = critic_layer(nn.Dense(width, dtype=self.dtype), x, train, self.spectral_norm)
             if i > 0:
                 x = Norm(self.norm, self.dtype)(x, train)
             x = nn.leaky_relu(x, 0.2)
-        out = nn.Dense(1, dtype=self.dtype)(x).astype(jnp.float32)[:, 0]
-        return out + projection(x, labels, self.num_classes if self.cond == "projection" else 0)
+        features = x
+        if self.mbstd:
+            x = minibatch_stddev(x, self.mbstd)
+        out = critic_layer(nn.Dense(1, dtype=self.dtype), x, train, self.spectral_norm)
+        out = out.astype(jnp.float32)[:, 0]
+        return out + projection(features, labels,
+                                self.num_classes if self.cond == "projection" else 0)
+
+
+def _check_pack(critic, labels) -> None:
+    if critic.pack > 1 and critic.num_classes and labels is not None:
+        raise ValueError("a packed critic has no single label per pack: use model.pack=1 with "
+                         "model.num_classes")
 
 
 class DCGANGenerator(nn.Module):
@@ -146,22 +268,24 @@ class DCGANGenerator(nn.Module):
     dtype: Any = jnp.float32
     num_classes: int = 0        # > 0: class-conditional (labels int32[B])
     cond: str = "embed"         # embed | cbn (conditional batch norm)
+    noise: bool = False         # noise injection after each hidden norm (needs the 'noise' rng)
 
     @nn.compact
     def __call__(self, z, train: bool = True, labels=None):
         base = config_lib.image_base(self.image_size)
         n_up = int(round(math.log2(self.image_size // base)))
         ch = self.width * 2 ** (n_up - 1)
+        keys = noise_keys(self, z, self.noise)
         h = embed_labels(z, labels, self.num_classes if self.cond == "embed" else 0, self.dtype)
         cbn = self.num_classes if self.cond == "cbn" else 0
         x = nn.Dense(base * base * ch, use_bias=False, dtype=self.dtype)(h)
         x = Norm(self.norm, self.dtype, cbn)(x, train, labels)
-        x = nn.relu(x).reshape((z.shape[0], base, base, ch))
-        for _ in range(n_up - 1):
+        x = nn.relu(add_noise(x.reshape((z.shape[0], base, base, ch)), keys, 0))
+        for i in range(n_up - 1):
             ch //= 2
             x = self._upsample(ch)(x)
             x = Norm(self.norm, self.dtype, cbn)(x, train, labels)
-            x = nn.relu(x)
+            x = nn.relu(add_noise(x, keys, i + 1))
         x = self._upsample(self.channels)(x)
         return jnp.tanh(x.astype(jnp.float32))
 
@@ -175,7 +299,7 @@ class DCGANGenerator(nn.Module):
 
 
 class DCGANDiscriminator(nn.Module):
-    """x: f32[B, S, S, C] -> logits f32[B].
+    """x: f32[B, S, S, C] -> logits f32[B / pack].
 
     4x4 stride-2 convs doubling the channels from `width` (LeakyReLU 0.2; norm from the second on),
     then a base x base valid conv to one logit. With image_size=64, width=64 this is the HW6 critic.
@@ -186,28 +310,36 @@ class DCGANDiscriminator(nn.Module):
     dtype: Any = jnp.float32
     num_classes: int = 0
     cond: str = "projection"    # projection (on the last feature map) | concat (label planes)
+    spectral_norm: bool = False  # every conv spectrally normalised (critic_layer)
+    mbstd: int = 0              # minibatch-stddev group size before the last conv (0: off)
+    pack: int = 1               # PacGAN: one logit per pack of consecutive examples
 
     @nn.compact
     def __call__(self, x, train: bool = True, labels=None):
+        _check_pack(self, labels)
         base = config_lib.image_base(self.image_size)
         n_down = int(round(math.log2(self.image_size // base)))
-        x = x.astype(self.dtype)
+        x = pack_examples(x.astype(self.dtype), self.pack)
         if self.num_classes and labels is not None and self.cond == "concat":
             x = concat_label_maps(x, labels, self.num_classes)
         ch = self.width
         for i in range(n_down):
             # nn.Conv's params and values; gradients in the form the backend runs fastest
             # (layers.conv_general_dilated; the WGAN-GP penalty's second order on CPU).
-            x = nn.Conv(ch, (4, 4), strides=(2, 2), padding=((1, 1), (1, 1)),
-                        kernel_init=DCGAN_INIT, dtype=self.dtype,
-                        conv_general_dilated=layers.conv_general_dilated)(x)
+            conv = nn.Conv(ch, (4, 4), strides=(2, 2), padding=((1, 1), (1, 1)),
+                           kernel_init=DCGAN_INIT, dtype=self.dtype,
+                           conv_general_dilated=layers.conv_general_dilated)
+            x = critic_layer(conv, x, train, self.spectral_norm)
             if i > 0:
                 x = Norm(self.norm, self.dtype)(x, train)
             x = nn.leaky_relu(x, 0.2)
             ch *= 2
         features = x
-        x = nn.Conv(1, (base, base), padding="VALID", kernel_init=DCGAN_INIT, dtype=self.dtype,
-                    conv_general_dilated=layers.conv_general_dilated)(x)
+        if self.mbstd:
+            x = minibatch_stddev(x, self.mbstd)
+        conv = nn.Conv(1, (base, base), padding="VALID", kernel_init=DCGAN_INIT, dtype=self.dtype,
+                       conv_general_dilated=layers.conv_general_dilated)
+        x = critic_layer(conv, x, train, self.spectral_norm)
         out = x.astype(jnp.float32).reshape((x.shape[0],))
         return out + projection(features, labels,
                                 self.num_classes if self.cond == "projection" else 0)
@@ -221,7 +353,10 @@ def data_shape(config) -> tuple[int, ...]:
 
 
 def num_classes(config) -> int:
-    """Classes a conditional recipe generates (0: unconditional; recipes saved before the key)."""
+    """Classes a conditional recipe generates (0: unconditional; recipes saved before the key).
+    A semi-supervised recipe's classes are the critic's; its generator is unconditional."""
+    if config.loss.name == "ssgan":
+        return 0
     return int(config.model.get("num_classes", 0))
 
 
@@ -243,15 +378,22 @@ def build(config, dtype=None) -> tuple[nn.Module, nn.Module]:
     m = config.model
     shape = data_shape(config)
     k = num_classes(config)
-    g_cond = {"num_classes": k, "cond": m.get("g_cond", "embed")}
-    d_cond = {"num_classes": k, "cond": m.get("d_cond", "projection")}
+    # .get: recipes saved before a key build the model they were trained with
+    g_kw = {"num_classes": k, "cond": m.get("g_cond", "embed"),
+            "noise": bool(m.get("g_noise", False))}
+    d_kw = {"num_classes": k, "cond": m.get("d_cond", "projection"),
+            "spectral_norm": bool(m.get("d_spectral_norm", False)),
+            "mbstd": int(m.get("d_mbstd", 0)), "pack": int(m.get("pack", 1))}
     if m.arch == "mlp":
         g = MLPGenerator(out_shape=shape, hidden=tuple(m.hidden), norm=m.g_norm,
-                         tanh=not config_lib.is_mixture(config), dtype=dtype, **g_cond)
-        d = MLPDiscriminator(hidden=tuple(m.hidden), norm=m.d_norm, dtype=dtype, **d_cond)
+                         tanh=not config_lib.is_mixture(config), dtype=dtype, **g_kw)
+        if config.loss.name == "ssgan":
+            from jaxgan import ssgan  # the K-class critic of the semi-supervised GAN
+            return g, ssgan.build_critic(config)
+        d = MLPDiscriminator(hidden=tuple(m.hidden), norm=m.d_norm, dtype=dtype, **d_kw)
         return g, d
     g = DCGANGenerator(image_size=shape[0], channels=shape[2], width=m.g_width, norm=m.g_norm,
-                       kernel=m.g_kernel, dtype=dtype, **g_cond)
+                       kernel=m.g_kernel, dtype=dtype, **g_kw)
     d = DCGANDiscriminator(image_size=shape[0], width=m.d_width, norm=m.d_norm, dtype=dtype,
-                           **d_cond)
+                           **d_kw)
     return g, d

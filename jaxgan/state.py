@@ -26,6 +26,12 @@ class GANState:
     data: data_lib.DataPosition
     ema: Any = struct.field(default_factory=dict)  # {"params", "stats"} averaged over steps, or
                                                    # {} without train.ema_decay
+    d_ema: Any = struct.field(default_factory=dict)  # the critic's, with train.d_ema_decay
+                                                     # (ssgan: the classifier that is evaluated)
+    history: Any = struct.field(default_factory=dict)  # remedies that remember: {"critic":
+                                                       # {"params", "stats"}} a snapshot
+                                                       # (train.old_critic_every), {"fakes":
+                                                       # f32[N, ...]} (train.replay_size)
 
 
 def sampling_generator(state: GANState) -> tuple[Any, Any]:
@@ -60,7 +66,8 @@ def variables(params, stats) -> dict:
 
 
 def create(seed: int, generator, critic, g_tx, d_tx, z_dim: int, example_shape,
-           num_examples: int, ema: bool = False) -> GANState:
+           num_examples: int, ema: bool = False, d_ema: bool = False, old_critic: bool = False,
+           replay_size: int = 0) -> GANState:
     """Initial state from the seed alone (same seed -> same parameters, same data order).
 
     Built inside one jit: run eagerly, initialization dispatches ~130 tiny XLA compiles (about
@@ -71,7 +78,7 @@ def create(seed: int, generator, critic, g_tx, d_tx, z_dim: int, example_shape,
         key = jax.random.PRNGKey(seed)  # raw uint32[2]: Orbax saves it like any array
         k_g, k_d = jax.random.split(jax.random.fold_in(key, STREAM_INIT))
         z = jnp.zeros((2, z_dim), jnp.float32)
-        x = jnp.zeros((2, *example_shape), jnp.float32)
+        x = jnp.zeros((max(2, getattr(critic, "pack", 1)), *example_shape), jnp.float32)  # 1+ pack
         y = jnp.zeros((2,), jnp.int32) if getattr(generator, "num_classes", 0) else None
         g_params, g_stats = split_variables(generator.init(k_g, z, train=False, labels=y))
         d_params, d_stats = split_variables(critic.init(k_d, x, train=False, labels=y))
@@ -79,9 +86,22 @@ def create(seed: int, generator, critic, g_tx, d_tx, z_dim: int, example_shape,
             step=jnp.int32(0), g_params=g_params, g_stats=g_stats, d_params=d_params,
             d_stats=d_stats, g_opt=g_tx.init(g_params), d_opt=d_tx.init(d_params), key=key,
             data=data_lib.init_position(jax.random.fold_in(key, STREAM_DATA), num_examples),
-            ema={"params": g_params, "stats": g_stats} if ema else {})
+            ema={"params": g_params, "stats": g_stats} if ema else {},
+            d_ema={"params": d_params, "stats": d_stats} if d_ema else {},
+            history=initial_history(d_params, d_stats, old_critic, replay_size, example_shape))
 
     return jax.jit(init)()
+
+
+def initial_history(d_params, d_stats, old_critic: bool, replay_size: int,
+                    example_shape) -> dict:
+    history = {}
+    if old_critic:
+        history["critic"] = {"params": jax.tree.map(jnp.copy, d_params),
+                             "stats": jax.tree.map(jnp.copy, d_stats)}
+    if replay_size:  # filled with the first fakes before it is read (step.replay_mix)
+        history["fakes"] = jnp.zeros((replay_size, *example_shape), jnp.float32)
+    return history
 
 
 def grid_noise(key: jax.Array, n: int, z_dim: int) -> jax.Array:

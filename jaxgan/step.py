@@ -24,14 +24,17 @@ from jaxgan.state import GANState
 
 
 def apply_fn(model) -> Callable:
-    """(params, stats, x, train, labels=None) -> (out, new_stats); stats thread through batch
-    norm; labels int32[B] condition a class-conditional model (None otherwise)."""
+    """(params, stats, x, train, labels=None, rng=None) -> (out, new_stats); stats thread through
+    batch norm; labels int32[B] condition a class-conditional model (None otherwise); rng feeds
+    the model's 'noise' stream (noise layers), for models that have one."""
 
-    def apply(params, stats, x, train: bool, labels=None):
+    def apply(params, stats, x, train: bool, labels=None, rng=None):
         v = state_lib.variables(params, stats)
+        rngs = {} if rng is None else {"noise": rng}
         if not train:
-            return model.apply(v, x, train=False, labels=labels), stats
-        out, mutated = model.apply(v, x, train=True, labels=labels, mutable=["batch_stats"])
+            return model.apply(v, x, train=False, labels=labels, rngs=rngs), stats
+        out, mutated = model.apply(v, x, train=True, labels=labels, mutable=["batch_stats"],
+                                   rngs=rngs)
         return out, mutated.get("batch_stats", stats)
 
     return apply
@@ -40,6 +43,9 @@ def apply_fn(model) -> Callable:
 def make_train_step(generator, critic, g_tx, d_tx, config,
                     batch_sharding=None) -> Callable[[GANState, dict], tuple[GANState, dict]]:
     """Builds the (uncompiled) step for a recipe; `jax.jit` it once."""
+    if config.loss.name == "ssgan":  # three critic batches, feature matching: its own step
+        from jaxgan import ssgan
+        return ssgan.make_train_step(generator, critic, g_tx, d_tx, config)
     loss = losses_lib.LOSSES[config.loss.name]
     n_critic = int(config.train.n_critic)
     batch = int(config.train.batch_size)
@@ -58,6 +64,15 @@ def make_train_step(generator, critic, g_tx, d_tx, config,
     ema_decay = float(config.train.ema_decay)
     num_classes = int(config.model.get("num_classes", 0))
     g_apply, d_apply = apply_fn(generator), apply_fn(critic)
+    pack = int(getattr(critic, "pack", 1))  # PacGAN: the critic scores batch / pack packs
+    old_every = int(config.train.get("old_critic_every", 0))
+    replay_size = int(config.train.get("replay_size", 0))
+    n_replayed = int(float(config.train.get("replay_fraction", 0.5)) * batch)
+
+    def g_rng(key):
+        """The generator's 'noise' stream (model.g_noise); None keeps noise-free recipes as
+        they were."""
+        return key if getattr(generator, "noise", False) else None
 
     critic_loop = scan_or_unroll(loop_kind(config.train.critic_loop))
 
@@ -74,8 +89,14 @@ def make_train_step(generator, critic, g_tx, d_tx, config,
         real = shard(real)
         z = shard(jax.random.normal(k_z, (batch, z_dim)))
         # a conditional G draws fakes of the real batch's classes: the critic compares like with like
-        fake, g_stats = g_apply(state.g_params, state.g_stats, z, True, labels)
+        fake, g_stats = g_apply(state.g_params, state.g_stats, z, True, labels,
+                                rng=g_rng(jax.random.fold_in(k_z, 1)))
         fake = jax.lax.stop_gradient(fake)
+        history = state.history
+        if replay_size:
+            fake, fakes = replay_mix(history["fakes"], fake, jax.random.fold_in(k_z, 3),
+                                     state.step * n_critic + i, n_replayed)
+            history = {**history, "fakes": fakes}
         if policy:
             k_real, k_fake = jax.random.split(aug_key(step_key, i))
             real, fake = augment(k_real, real), augment(k_fake, fake)
@@ -86,10 +107,11 @@ def make_train_step(generator, critic, g_tx, d_tx, config,
             value = loss.critic(real_out, fake_out)
             metrics = {"d/real": jnp.mean(real_out), "d/fake": jnp.mean(fake_out),
                        "d/wasserstein": jnp.mean(real_out) - jnp.mean(fake_out)}
-            if loss.penalty:
-                xhat = losses_lib.interpolate(real, fake, jax.random.uniform(k_eps, (batch,)))
+            if loss.penalty:  # one eps per pack: a packed critic's input is the whole pack
+                eps = jnp.repeat(jax.random.uniform(k_eps, (batch // pack,)), pack)
+                xhat = losses_lib.interpolate(real, fake, eps)
                 gp, norms = losses_lib.gradient_penalty(
-                    lambda x: d_apply(d_params, stats, x, True, labels)[0], xhat)
+                    lambda x: d_apply(d_params, stats, x, True, labels)[0], xhat, pack)
                 value = value + gp_weight * gp
                 metrics.update({"d/gp": gp, "d/gp_grad_norm": jnp.mean(norms)})
             if r1_weight > 0:
@@ -104,7 +126,8 @@ def make_train_step(generator, critic, g_tx, d_tx, config,
         updates, d_opt = d_tx.update(grads, state.d_opt, state.d_params)
         metrics["d/grad_norm"] = optax.tree.norm(grads)
         state = state.replace(d_params=optax.apply_updates(state.d_params, updates),
-                              d_stats=d_stats, d_opt=d_opt, g_stats=g_stats, data=position)
+                              d_stats=d_stats, d_opt=d_opt, g_stats=g_stats, data=position,
+                              history=history)
         return state, metrics
 
     def generator_update(state: GANState, step_key):
@@ -113,18 +136,35 @@ def make_train_step(generator, critic, g_tx, d_tx, config,
         labels = (jax.random.randint(jax.random.fold_in(k_g, 1), (batch,), 0, num_classes)
                   if num_classes else None)  # uniform classes for G's own update
 
+        d_params, d_stats, use_old = state.d_params, state.d_stats, False
+        if old_every:  # every K-th update against the snapshot taken K steps ago
+            use_old = jnp.logical_and(state.step % old_every == 0, state.step > 0)
+            old = state.history["critic"]
+            d_params = select(use_old, old["params"], d_params)
+            d_stats = select(use_old, old["stats"], d_stats)
+
         def loss_fn(g_params):
-            fake, g_stats = g_apply(g_params, state.g_stats, z, True, labels)
+            fake, g_stats = g_apply(g_params, state.g_stats, z, True, labels,
+                                    rng=g_rng(jax.random.fold_in(k_g, 2)))
             fake = augment(aug_key(step_key, n_critic), fake)
-            out, d_stats = d_apply(state.d_params, state.d_stats, fake, True, labels)
-            return loss.generator(out, form), (g_stats, d_stats)
+            out, new_d_stats = d_apply(d_params, d_stats, fake, True, labels)
+            return loss.generator(out, form), (g_stats, new_d_stats)
 
         (value, (g_stats, d_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
             state.g_params)
         updates, g_opt = g_tx.update(grads, state.g_opt, state.g_params)
+        history = state.history
+        if old_every:  # the live critic's statistics stay its own; refresh the snapshot
+            d_stats = select(use_old, state.d_stats, d_stats)
+            refresh = state.step % old_every == 0
+            history = {**history, "critic": select(
+                refresh, {"params": state.d_params, "stats": d_stats}, history["critic"])}
         state = state.replace(g_params=optax.apply_updates(state.g_params, updates),
-                              g_stats=g_stats, d_stats=d_stats, g_opt=g_opt)
-        return state, {"g/loss": value, "g/grad_norm": optax.tree.norm(grads)}
+                              g_stats=g_stats, d_stats=d_stats, g_opt=g_opt, history=history)
+        metrics = {"g/loss": value, "g/grad_norm": optax.tree.norm(grads)}
+        if old_every:
+            metrics["g/old_critic"] = jnp.float32(use_old)
+        return state, metrics
 
     def train_step(state: GANState, data: dict) -> tuple[GANState, dict[str, Any]]:
         step_key = jax.random.fold_in(jax.random.fold_in(state.key, state_lib.STREAM_STEP),
@@ -144,6 +184,31 @@ def make_train_step(generator, critic, g_tx, d_tx, config,
         return state.replace(step=state.step + 1), metrics
 
     return train_step
+
+
+def select(pred, on_true, on_false):
+    """`on_true` where the traced bool `pred` holds, else `on_false`, leaf by leaf."""
+    return jax.tree.map(lambda a, b: jnp.where(pred, a, b), on_true, on_false)
+
+
+def replay_mix(buffer, fake, key, update: jax.Array, n_old: int):
+    """Experience replay of fakes (Shrivastava et al. 2017): (fakes for the critic, buffer).
+
+    buffer: f32[N, ...] of earlier fakes; `update` counts the critic updates before this one.
+    Until the buffer has been filled (n_old new fakes are written per update, in order) the
+    critic sees fresh fakes only; then n_old of its fakes are drawn from the buffer and n_old of
+    the fresh ones replace random entries, so the buffer keeps fakes of many ages. A critic that
+    still remembers the modes G used to cover stops G from cycling back to them.
+    """
+    n = buffer.shape[0]
+    k_read, k_write = jax.random.split(key)
+    written = update * n_old
+    full = written >= n
+    old = jnp.take(buffer, jax.random.randint(k_read, (n_old,), 0, n), axis=0)
+    mixed = jnp.where(full, jnp.concatenate([old, fake[n_old:]], axis=0), fake)
+    slots = jnp.where(full, jax.random.randint(k_write, (n_old,), 0, n),
+                      (written + jnp.arange(n_old)) % n)
+    return mixed, buffer.at[slots].set(fake[:n_old])
 
 
 def loop_kind(kind: str, backend: str | None = None) -> str:
@@ -197,4 +262,14 @@ def make_sampler(generator) -> Callable:
     """(g_params, g_stats, z, labels=None) -> samples in eval mode (running batch-norm
     statistics); labels int32[B] pick the classes of a conditional generator."""
     g_apply = apply_fn(generator)
-    return lambda params, stats, z, labels=None: g_apply(params, stats, z, False, labels)[0]
+    if not getattr(generator, "noise", False):
+        return lambda params, stats, z, labels=None: g_apply(params, stats, z, False, labels)[0]
+    # model.g_noise: a fixed stream key; the generator keys each example's noise by a hash of its
+    # own z (models.z_seeds), so the same z gives the same image in any batch (grids, sample,
+    # evaluate) and different z get independent noise.
+    key = jax.random.PRNGKey(SAMPLE_NOISE_SEED)
+    return lambda params, stats, z, labels=None: g_apply(params, stats, z, False, labels,
+                                                         rng=key)[0]
+
+
+SAMPLE_NOISE_SEED = 0  # make_sampler's noise stream for generators with model.g_noise

@@ -75,8 +75,26 @@ def _lookup(config, dotted: str):
     return value.to_dict() if hasattr(value, "to_dict") else value
 
 
+# Switches that add parts to the state (averages, a critic snapshot, a fake buffer): a workdir
+# continues only with each one on or off as it was trained.
+STATE_SWITCHES = (("train.ema_decay", "a generator EMA"), ("train.d_ema_decay", "a critic EMA"),
+                  ("train.old_critic_every", "an old-critic snapshot"),
+                  ("train.replay_size", "a replay buffer of old fakes"))
+
+
+def _with_defaults(saved: dict, default=None) -> dict:
+    """The saved recipe with keys added since it was written set to their defaults."""
+    default = config_lib.base_config().to_dict() if default is None else default
+    out = dict(default)
+    for k, v in saved.items():
+        out[k] = _with_defaults(v, default[k]) if isinstance(v, dict) and isinstance(
+            default.get(k), dict) else v
+    return out
+
+
 def check_compatible(saved, config, workdir: str) -> None:
     """A workdir continues only under a recipe with the same shapes of state."""
+    saved = _with_defaults(saved.to_dict() if hasattr(saved, "to_dict") else dict(saved))
     for key in STRUCTURAL_KEYS:
         try:
             old = _lookup(saved, key)
@@ -88,19 +106,28 @@ def check_compatible(saved, config, workdir: str) -> None:
             raise config_lib.ConfigError(
                 f"workdir {workdir!r} holds checkpoints of another recipe ({key}: {old!r} there, "
                 f"{new!r} now); use a new --workdir or the recipe it was trained with")
-    had_ema = float(saved.get("train", {}).get("ema_decay", 0.0)) > 0
-    if had_ema != (float(config.train.ema_decay) > 0):
-        raise config_lib.ConfigError(
-            f"workdir {workdir!r} was trained {'with' if had_ema else 'without'} a generator EMA "
-            f"(train.ema_decay); keep it {'on' if had_ema else 'off'} or use a new --workdir")
+    for key, what in STATE_SWITCHES:
+        had, has = _lookup(saved, key), _lookup(config, key)
+        if (float(had) > 0) != (float(has) > 0) or (key == "train.replay_size" and had != has):
+            raise config_lib.ConfigError(
+                f"workdir {workdir!r} was trained {'with' if float(had) > 0 else 'without'} "
+                f"{what} ({key}={had}); keep {key}={had} or use a new --workdir")
 
 
 def check_labels(config, dataset) -> None:
     """A conditional recipe needs labels in range, resident on the device (not streamed)."""
     k = models.num_classes(config)
+    name = config.data.name
+    if config.loss.name == "ssgan":
+        if dataset.labels is None:
+            raise config_lib.ConfigError(f"loss.name='ssgan' needs labelled data; {name!r} has no "
+                                         "labels")
+        if not data_lib.fits_device(dataset, config):
+            raise config_lib.ConfigError(f"ssgan keeps the images on the device, but {name!r} "
+                                         f"needs {dataset.nbytes / 2**20:.0f} MiB; raise "
+                                         "data.device_budget_mb")
     if not k:
         return
-    name = config.data.name
     if dataset.labels is None:
         raise config_lib.ConfigError(f"model.num_classes={k} but {name!r} has no labels; train "
                                      "it unconditionally (model.num_classes=0)")
@@ -226,9 +253,16 @@ def train_and_evaluate(config, workdir: str, progress: bool = True, log=print):
     g_tx, d_tx = optim.make(config)
 
     def create():
-        return state_lib.create(int(config.seed), generator, critic, g_tx, d_tx,
-                                int(config.model.z_dim), models.data_shape(config),
-                                dataset.num_examples, ema=float(config.train.ema_decay) > 0)
+        state = state_lib.create(int(config.seed), generator, critic, g_tx, d_tx,
+                                 int(config.model.z_dim), models.data_shape(config),
+                                 dataset.num_examples, ema=float(config.train.ema_decay) > 0,
+                                 d_ema=float(config.train.d_ema_decay) > 0,
+                                 old_critic=int(config.train.old_critic_every) > 0,
+                                 replay_size=int(config.train.replay_size))
+        if config.loss.name == "ssgan":  # weight norm initialised from data, as the paper does
+            from jaxgan import ssgan
+            state = ssgan.init_state(state, critic, dataset.images[:500])
+        return state
 
     # Replicated as it is created: every process computes the same state from the seed, so no
     # host array is ever put onto a sharding that spans processes. Orbax restores onto the
@@ -245,6 +279,9 @@ def train_and_evaluate(config, workdir: str, progress: bool = True, log=print):
         device_data = data_lib.device_data(dataset, _data_sharding(dataset, replicated,
                                                                    batch_sharding),
                                            labels=bool(num_classes))
+        if config.loss.name == "ssgan":  # the few labelled examples, apart
+            from jaxgan import ssgan
+            device_data.update(ssgan.labelled_data(dataset, config, replicated))
     else:  # too big for the device budget: a background thread feeds uint8 batches
         P = jax.sharding.PartitionSpec
         stream = data_lib.Prefetcher(
@@ -280,6 +317,7 @@ def train_and_evaluate(config, workdir: str, progress: bool = True, log=print):
                                    (2500, int(config.model.z_dim)))
     logs = _Logs(workdir, write=main)
     periodic_eval = _PeriodicEval(config, workdir, dataset, sampler, state.key, log)
+    test_accuracy = _TestAccuracy(config, critic, log) if config.loss.name == "ssgan" else None
     total = int(config.train.steps)
     t = config.train
     step = int(jax.device_get(state.step))
@@ -322,6 +360,8 @@ def train_and_evaluate(config, workdir: str, progress: bool = True, log=print):
                                   grid_labels)
                     if main:
                         plots.plot_losses(logs.path, os.path.join(workdir, "losses.png"))
+                    if test_accuracy is not None:
+                        logs.scalars(step, test_accuracy(state, step))
                 if periodic_eval.due(prev, step, total):
                     logs.scalars(step, periodic_eval(state, step, config))
                 stopping = stop.signum is not None
@@ -349,6 +389,22 @@ def train_and_evaluate(config, workdir: str, progress: bool = True, log=print):
         if main:
             plots.plot_losses(logs.path, os.path.join(workdir, "losses.png"))  # never raises
     return state, metrics_host
+
+
+class _TestAccuracy:
+    """Semi-supervised runs: the critic's accuracy on the test split, at every sample grid."""
+
+    def __init__(self, config, critic, log):
+        from jaxgan import ssgan
+        self.lib, self.log = ssgan, log
+        self.images, self.labels = ssgan.test_split(config)
+        self.predict = ssgan.make_classifier(critic)
+
+    def __call__(self, state, step: int) -> dict:
+        acc = self.lib.accuracy(self.predict, *self.lib.classifier_variables(state), self.images,
+                                self.labels)
+        self.log(f"step {step}: test accuracy {100 * acc:.2f}% ({len(self.labels)} images)")
+        return {"ssgan/test_accuracy": acc}
 
 
 class _PeriodicEval:

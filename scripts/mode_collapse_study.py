@@ -42,6 +42,17 @@ VARIANTS: dict[str, dict] = {
     "gan-ema": {"train.ema_decay": 0.999},
     "gan-ttur": {"optim.d.lr": 4e-4, "optim.g.lr": 1e-4},
     "gan-linear-decay": {"optim.schedule": "linear"},
+    "gan-sn": {"model.d_spectral_norm": True},
+    "gan-mbstd": {"model.d_mbstd": 4},
+    "pacgan2": {"model.pack": 2},
+    "pacgan4": {"model.pack": 4},
+    "gan-noise": {"model.g_noise": True},
+    "gan-old-critic": {"train.old_critic_every": 5},
+    "gan-replay": {"train.replay_size": 4096},
+    # configs/ring_wgan_gp.py: lambda 0.1, Adam 1e-3 (b2 0.9) decayed linearly, G EMA
+    "best": {"loss.name": "wgan-gp", "loss.gp_weight": 0.1, "train.n_critic": 5,
+             "optim.g": {"lr": 1e-3, "b2": 0.9}, "optim.d": {"lr": 1e-3, "b2": 0.9},
+             "optim.schedule": "linear", "train.ema_decay": 0.999},
 }
 
 # Published rows (as quoted in the project's issue 6): (dataset, method, modes, high quality %).
@@ -63,11 +74,16 @@ def load_recipe(dataset: str):
 
 
 def set_key(config, dotted: str, value) -> None:
+    """config[dotted] = value; a dict value sets several keys of that group."""
     *parents, leaf = dotted.split(".")
     node = config
     for p in parents:
         node = node[p]
-    node[leaf] = value
+    if isinstance(value, dict):
+        for k, v in value.items():
+            node[leaf][k] = v
+    else:
+        node[leaf] = value
 
 
 def parse_value(text: str):

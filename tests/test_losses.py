@@ -86,7 +86,7 @@ def test_gradient_penalty_is_differentiable_w_r_t_critic_params():
 
 
 def test_registry():
-    assert set(losses.LOSSES) == {"gan", "wgan", "wgan-gp", "hinge"}
+    assert set(losses.LOSSES) == {"gan", "wgan", "wgan-gp", "hinge", "ssgan"}
     assert losses.LOSSES["wgan"].clip and not losses.LOSSES["wgan"].penalty
     assert losses.LOSSES["wgan-gp"].penalty and not losses.LOSSES["wgan-gp"].clip
 
