@@ -6,6 +6,7 @@ directory and renames it when complete, so a crash mid-save leaves the previous 
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 
@@ -20,6 +21,10 @@ CHECKPOINT_DIR = "checkpoints"
 # Old steps are renamed into this subdirectory before they are deleted: a kill -9 in the middle
 # of a deletion then never leaves a half-deleted step that looks like a checkpoint.
 TRASH_DIR = "deleted"
+
+
+# GANState fields added after checkpoints were first written; an older checkpoint lacks them.
+ADDED_FIELDS = ("d_ema", "history")
 
 
 class CheckpointError(ValueError):
@@ -81,11 +86,27 @@ def _placed(abstract):
 
 def restore_state(mngr: ocp.CheckpointManager, abstract_state: GANState,
                   step: int | None = None) -> GANState:
-    """The full state at `step` (latest by default), laid out like `abstract_state`."""
+    """The full state at `step` (latest by default), laid out like `abstract_state`.
+
+    Checkpoints written before GANState grew a field that this recipe leaves empty ({}: an
+    EMA or history it does not keep) lack that key; they restore without it.
+    """
     step = mngr.latest_step() if step is None else step
-    restored = mngr.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(_placed(abstract_state))))
-    return restored.state
+
+    def restore(target):
+        return mngr.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(_placed(target)))).state
+
+    try:
+        return restore(abstract_state)
+    except ValueError:
+        fields = {f.name: getattr(abstract_state, f.name)
+                  for f in dataclasses.fields(abstract_state)}
+        empty = {k: {} for k in ADDED_FIELDS if fields[k] == {}}
+        if not empty:
+            raise
+        rest = restore({k: v for k, v in fields.items() if k not in empty})
+        return type(abstract_state)(**rest, **empty)
 
 
 def _existing(workdir: str) -> ocp.CheckpointManager:

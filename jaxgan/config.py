@@ -198,6 +198,10 @@ def _validate_ssgan(c) -> None:
     if remedies:
         raise ConfigError(f"model.{remedies[0]} changes the GAN critic or generator; the ssgan "
                           "recipe uses Salimans et al.'s critic: leave it at its default")
+    if int(c.eval.every) and (not c.eval.metrics.strip() or "accuracy" in c.eval.metrics):
+        raise ConfigError("ssgan logs its critic's test accuracy at every sample grid "
+                          "(train.sample_every); eval.every scores samples of G: set "
+                          "eval.metrics=classifier (or fid,...) or eval.every=0")
     if int(c.train.n_critic) != 1 or c.train.augment.strip() or float(c.loss.r1_weight) > 0:
         raise ConfigError("loss.name='ssgan' makes one critic update per step without "
                           "augmentation or R1: set train.n_critic=1, train.augment='', "

@@ -103,6 +103,7 @@ def ssgan_config(**overrides):
     ({"data.labelled": 55}, "multiple of"),
     ({"model.arch": "dcgan"}, "model.arch='mlp'"),
     ({"train.n_critic": 2}, "n_critic=1"),
+    ({"eval.every": 100}, "eval.metrics=classifier"),
 ])
 def test_bad_ssgan_recipes_are_rejected(overrides, message):
     with pytest.raises(ConfigError, match=message):

@@ -42,6 +42,33 @@ def test_resume_gives_exactly_the_uninterrupted_run(tmp_path, extra):
                        zip(_leaves(resumed.ema["params"]), _leaves(resumed.g_params)))
 
 
+def test_a_checkpoint_written_before_newer_keys_and_state_fields_still_resumes(tmp_path):
+    """Workdirs of an earlier version: their recipe lacks keys added since (filled with the
+    defaults) and their state lacks fields this recipe leaves empty (d_ema, history)."""
+    import dataclasses
+
+    import orbax.checkpoint as ocp
+    state, _ = train_lib.train_and_evaluate(tiny_ring_config(), str(tmp_path / "new"),
+                                            progress=False)
+    old_config = tiny_ring_config().to_dict()
+    for group, keys in {"train": ("old_critic_every", "replay_size", "replay_fraction",
+                                  "d_ema_decay"),
+                        "model": ("d_spectral_norm", "d_mbstd", "pack", "g_noise")}.items():
+        for k in keys:
+            del old_config[group][k]
+    fields = {f.name: getattr(state, f.name) for f in dataclasses.fields(state)
+              if f.name not in ("d_ema", "history")}
+    mngr = ckpt_lib.manager(str(tmp_path / "old"))
+    mngr.save(4, args=ocp.args.Composite(state=ocp.args.StandardSave(fields),
+                                         config=ocp.args.JsonSave(old_config)))
+    mngr.wait_until_finished()
+    logs = []
+    resumed, _ = train_lib.train_and_evaluate(tiny_ring_config(**{"train.steps": 6}),
+                                              str(tmp_path / "old"), progress=False,
+                                              log=logs.append)
+    assert any("resumed from step 4" in line for line in logs) and int(resumed.step) == 6
+
+
 def test_checkpoint_round_trip_restores_every_leaf(tmp_path):
     state, _ = train_lib.train_and_evaluate(tiny_image_config(), str(tmp_path), progress=False)
     mngr = ckpt_lib.manager(str(tmp_path))
