@@ -139,7 +139,8 @@ def summarize(rows: list[dict]) -> tuple[str, str, str, int]:
         return f"{fmt.format(vals.mean())} +- {fmt.format(vals.std())}"
 
     num = int(ok[0]["modes/num_modes"]) if "modes/num_modes" in ok[0] else 1000
-    modes = f"{ms('modes/captured')} / {num}"
+    covered = "modes/captured" if "modes/captured" in ok[0] else "modes/covered"  # stacked
+    modes = f"{ms(covered)} / {num}"
     hq = ms("modes/high_quality", 100.0) if "modes/high_quality" in ok[0] else "-"
     kl_key = "modes/reverse_kl" if "modes/reverse_kl" in ok[0] else "modes/kl"
     kl = ms(kl_key, fmt="{:.2f}") if kl_key in ok[0] else "-"
