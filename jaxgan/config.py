@@ -189,7 +189,7 @@ def _validate_ssgan(c) -> None:
         raise ConfigError("loss.name='ssgan' needs a labelled image dataset, not 2D points")
     if c.model.arch != "mlp":
         raise ConfigError("loss.name='ssgan' uses Salimans et al.'s MLP critic: set "
-                          "model.arch='mlp' (model.hidden sets the generator's widths)")
+                          "model.arch='mlp' (model.hidden sets G's and the critic's widths)")
     if int(c.data.labelled) < 1 or int(c.data.labelled) % int(c.model.num_classes):
         raise ConfigError(f"data.labelled={c.data.labelled}; use a positive multiple of "
                           f"model.num_classes={c.model.num_classes} (equal labels per class)")
@@ -197,7 +197,7 @@ def _validate_ssgan(c) -> None:
                                  ("g_noise", False)) if c.model[k] != off]
     if remedies:
         raise ConfigError(f"model.{remedies[0]} changes the GAN critic or generator; the ssgan "
-                          "recipe uses Salimans et al.'s critic: leave it at its default")
+                          "recipe uses Salimans et al.'s critic design: leave it at its default")
     if int(c.eval.every) and (not c.eval.metrics.strip() or "accuracy" in c.eval.metrics):
         raise ConfigError("ssgan logs its critic's test accuracy at every sample grid "
                           "(train.sample_every); eval.every scores samples of G: set "

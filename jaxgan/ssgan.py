@@ -50,8 +50,9 @@ class SSGANCritic(nn.Module):
     """x: f32[B, ...] -> (logits f32[B, K], features f32[B, F]).
 
     Salimans et al.'s MNIST critic: Gaussian noise on the input (sigma 0.3) and after every
-    hidden layer (sigma 0.5) in training, ReLU layers 1000-500-250-250-250 with weight
-    normalization, a K-way linear output. `features` is the last hidden layer (before its noise),
+    hidden layer (sigma 0.5) in training, ReLU layers with weight normalization (theirs, the
+    default here: 1000-500-250-250-250; `build_critic` takes `model.hidden`), a K-way linear
+    output. `features` is the last hidden layer (before its noise),
     the statistic feature matching matches. The noise needs the 'noise' rng in training.
     """
     hidden: Sequence[int] = (1000, 500, 250, 250, 250)
