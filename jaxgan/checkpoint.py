@@ -139,9 +139,14 @@ def load_config(workdir: str, step: int | None = None) -> tuple[ml_collections.C
     return ml_collections.ConfigDict(restored.config), step
 
 
-def restore_generator(workdir: str, abstract: dict, step: int, item: str = "generator") -> dict:
+def restore_generator(workdir: str, abstract: dict, step: int) -> dict:
     """{"params", "stats"} of the generator alone (its EMA when the run kept one; the critic and
-    optimizers stay on disk); item="critic": a semi-supervised run's critic alone."""
+    optimizers stay on disk)."""
+    return restore_item(workdir, "generator", abstract, step)
+
+
+def restore_item(workdir: str, item: str, abstract: dict, step: int) -> dict:
+    """One item of a checkpoint alone: "generator", or "critic" (semi-supervised runs)."""
     mngr = _existing(workdir)
     restored = mngr.restore(step, args=ocp.args.Composite(
         **{item: ocp.args.StandardRestore(_placed(abstract))}))

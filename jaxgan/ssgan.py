@@ -171,8 +171,7 @@ def make_train_step(generator, critic, g_tx, d_tx, config) -> Callable:
                                       state.step)
         data_key = jax.random.fold_in(state.key, state_lib.STREAM_DATA)
         k_z, k_lab, k_d, k_g, k_fm, k_sample, k_unl2 = jax.random.split(step_key, 7)
-        real, position, _ = data_lib.next_batch(state.data, {"images": data["images"]},
-                                                data_key, k_sample, batch)
+        real, position, _ = data_lib.next_batch(state.data, data, data_key, k_sample, batch)
         # every labelled example once per batch (in a random order), as the paper's code does
         n_lab = data["labelled_labels"].shape[0]
         pick = jnp.tile(jax.random.permutation(k_lab, n_lab), -(-batch // n_lab))[:batch]
@@ -222,12 +221,8 @@ def make_train_step(generator, critic, g_tx, d_tx, config) -> Callable:
         metrics.update({"g/loss": g_value, "g/grad_norm": optax.tree.norm(g_grads)})
         state = state.replace(g_params=g_params, g_stats=g_stats, g_opt=g_opt, d_params=d_params,
                               d_stats=d_stats, d_opt=d_opt, data=position)
-        if ema_decay > 0:
-            state = state.replace(ema=state_lib.ema_update(
-                state.ema, state.g_params, state.g_stats, ema_decay, state.step))
-        if d_ema_decay > 0:  # Polyak averaging of the classifier (Salimans et al.'s test weights)
-            state = state.replace(d_ema=state_lib.ema_update(
-                state.d_ema, state.d_params, state.d_stats, d_ema_decay, state.step))
+        # the critic's average is the classifier (Salimans et al. test with averaged weights)
+        state = state_lib.update_averages(state, ema_decay, d_ema_decay)
         return state.replace(step=state.step + 1), metrics
 
     return train_step
@@ -274,16 +269,14 @@ def test_split(config):
     return dataset.images, np.asarray(dataset.labels, np.int32)
 
 
-def restore_critic(workdir: str, config, step: int) -> tuple[Any, Any]:
+def restore_critic(workdir: str, critic: SSGANCritic, config, step: int) -> tuple[Any, Any]:
     """(d_params, d_stats) of a checkpoint's critic, the semi-supervised classifier (saved as
     its own item, like the generator: nothing else is read)."""
     from jaxgan import models
-    _, critic = models.build(config)
     x = np.zeros((2, *models.data_shape(config)), np.float32)
     params, stats = state_lib.split_variables(
         jax.eval_shape(lambda: critic.init(jax.random.PRNGKey(0), x, train=False)))
-    item = ckpt_lib.restore_generator(workdir, {"params": params, "stats": stats}, step,
-                                      item="critic")
+    item = ckpt_lib.restore_item(workdir, "critic", {"params": params, "stats": stats}, step)
     return item["params"], item["stats"]
 
 
@@ -291,7 +284,7 @@ def evaluate_checkpoint(workdir: str, config, step: int) -> dict:
     """{"accuracy/test", "accuracy/num"}: the checkpoint's critic on the test split."""
     from jaxgan import models
     _, critic = models.build(config)
-    params, stats = restore_critic(workdir, config, step)
+    params, stats = restore_critic(workdir, critic, config, step)
     images, labels = test_split(config)
     acc = accuracy(make_classifier(critic), params, stats, images, labels)
     return {"accuracy/test": acc, "accuracy/num": len(labels)}

@@ -55,6 +55,18 @@ def ema_update(ema: dict, params, stats, decay: float, step: jax.Array) -> dict:
             "stats": jax.tree.map(mix, ema["stats"], stats)}
 
 
+def update_averages(state: GANState, ema_decay: float, d_ema_decay: float = 0.0) -> GANState:
+    """The step's last act: the generator's EMA (train.ema_decay) and the critic's
+    (train.d_ema_decay), each only when the recipe keeps it."""
+    if ema_decay > 0:
+        state = state.replace(ema=ema_update(state.ema, state.g_params, state.g_stats,
+                                             ema_decay, state.step))
+    if d_ema_decay > 0:
+        state = state.replace(d_ema=ema_update(state.d_ema, state.d_params, state.d_stats,
+                                               d_ema_decay, state.step))
+    return state
+
+
 def split_variables(variables) -> tuple[Any, Any]:
     variables = dict(variables)
     params = variables.pop("params")

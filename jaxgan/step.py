@@ -176,9 +176,7 @@ def make_train_step(generator, critic, g_tx, d_tx, config,
 
         state, d_metrics = critic_loop(body, state, n_critic)
         state, g_metrics = generator_update(state, step_key)
-        if ema_decay > 0:
-            state = state.replace(ema=state_lib.ema_update(
-                state.ema, state.g_params, state.g_stats, ema_decay, state.step))
+        state = state_lib.update_averages(state, ema_decay)
         metrics = {k: jnp.mean(v) for k, v in d_metrics.items()}
         metrics.update(g_metrics)
         return state.replace(step=state.step + 1), metrics

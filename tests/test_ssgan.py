@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import apply_overrides
 from jaxgan import config as config_lib
 from jaxgan import losses, ssgan
 from jaxgan.config import ConfigError, base_config
@@ -89,13 +90,7 @@ def ssgan_config(**overrides):
     c.train.checkpoint_every = 200
     c.train.steps_per_call = 50
     c.train.num_grid = 4
-    for k, v in overrides.items():
-        node = c
-        *path, last = k.split(".")
-        for p in path:
-            node = node[p]
-        node[last] = v
-    return c
+    return apply_overrides(c, overrides)
 
 
 @pytest.mark.parametrize("overrides, message", [
