@@ -52,7 +52,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.g_norm = "batch"
     c.model.d_norm = "batch"
     c.model.g_kernel = 4            # transposed-conv kernel; HW6 uses 5 (padding 2, output_padding 1)
-    c.model.hidden = (512, 512)     # MLP hidden widths (generator and discriminator)
+    c.model.hidden = (512, 512)     # MLP hidden widths (generator, and critic unless d_hidden)
+    c.model.d_hidden = ()           # MLP critic's hidden widths; () = model.hidden
     c.model.num_classes = 0         # > 0: class-conditional GAN on the dataset's labels
     c.model.g_cond = "embed"        # embed (label embedding appended to z) | cbn (conditional BN)
     c.model.d_cond = "projection"   # projection (Miyato & Koyama 2018) | concat (label planes)
@@ -62,6 +63,10 @@ def base_config() -> ml_collections.ConfigDict:
                                     # (Karras et al. 2018; ProGAN uses 4); 0: off
     c.model.pack = 1                # PacGAN: the critic judges packs of m samples (Lin et al. 2018)
     c.model.g_noise = False         # per-layer noise injection in G (StyleGAN, Karras et al. 2019)
+    c.model.z_categories = 0        # K > 0: G's input is a K-way categorical code (read off z's
+                                    # first coordinate) plus the other z_dim - 1 Gaussian ones, so
+                                    # G may jump between disjoint modes (InfoGAN's categorical code
+                                    # without its MI term; DeLiGAN, GM-GAN); 0: off
 
     c.loss = ml_collections.ConfigDict()
     c.loss.name = "gan"             # gan | wgan | wgan-gp | hinge | ssgan (semi-supervised:
@@ -126,6 +131,12 @@ def rmsprop(lr: float) -> ml_collections.ConfigDict:
 
 
 adam = _adam
+
+
+def critic_hidden(config) -> tuple[int, ...]:
+    """The MLP critic's hidden widths: model.d_hidden, or model.hidden when it is empty (and in
+    recipes saved before the key)."""
+    return tuple(config.model.get("d_hidden", ())) or tuple(config.model.hidden)
 
 
 def is_mixture(config) -> bool:
@@ -242,8 +253,10 @@ def validate(config) -> None:
     if c.train.dtype not in DTYPES:
         raise ConfigError(f"train.dtype={c.train.dtype!r}; use 'float32' or 'bfloat16' "
                           "(mixed precision: bfloat16 activations, float32 params)")
-    if not all(isinstance(w, int) and not isinstance(w, bool) and w > 0 for w in c.model.hidden):
-        raise ConfigError(f"model.hidden={tuple(c.model.hidden)!r}; use positive integer widths")
+    for key in ("hidden", "d_hidden"):
+        widths = tuple(c.model[key])
+        if not all(isinstance(w, int) and not isinstance(w, bool) and w > 0 for w in widths):
+            raise ConfigError(f"model.{key}={widths!r}; use positive integer widths")
     if float(c.loss.r1_weight) < 0:
         raise ConfigError(f"loss.r1_weight={c.loss.r1_weight}; the R1 weight must be >= 0")
     if float(c.loss.r1_weight) > 0 and c.model.d_norm == "batch":
@@ -278,6 +291,12 @@ def validate(config) -> None:
                           "model.num_classes, or num_classes=0 with packing")
     if int(c.model.z_dim) < 1:
         raise ConfigError(f"model.z_dim={c.model.z_dim}; it must be at least 1")
+    if int(c.model.z_categories) < 0 or int(c.model.z_categories) == 1:
+        raise ConfigError(f"model.z_categories={c.model.z_categories}; use 0 (off) or K >= 2 "
+                          "categories")
+    if int(c.model.z_categories) and int(c.model.z_dim) < 2:
+        raise ConfigError("model.z_categories reads the category off z's first coordinate and "
+                          "keeps the others Gaussian: set model.z_dim >= 2")
     for side in ("g", "d"):
         o = c.optim[side]
         if o.name not in ("adam", "rmsprop"):

@@ -6,7 +6,8 @@ the losses are written on logits for numerical stability).
 
 Mode-collapse remedies, each off by default (one config switch each, read only by `build`):
 spectral normalization of the critic (`spectral_norm`), minibatch standard deviation (`mbstd`),
-PacGAN packing (`pack`) and noise injection in the generator (`noise`).
+PacGAN packing (`pack`), noise injection in the generator (`noise`) and a categorical latent
+code (`categories`).
 """
 from __future__ import annotations
 
@@ -174,6 +175,22 @@ class NoiseInjection(nn.Module):
         return x + (scale * noise).astype(x.dtype)
 
 
+def categorical_code(z, categories: int):
+    """z: f32[B, Z] -> f32[B, K + Z - 1]: [one_hot(k, K), z_1, ..., z_{Z-1}], k = floor(K Phi(z_0)).
+
+    Phi(z_0) is uniform on [0, 1], so k is uniform over the K categories and a sample stays a
+    function of z alone (grids, `jaxgan.sample` and evaluation draw plain Gaussian z). A continuous
+    map of a Gaussian must leave a trail of samples between disjoint modes; with a discrete input
+    G can put each category on its own mode (InfoGAN's categorical code without its mutual
+    information term; DeLiGAN and GM-GAN use a mixture latent for the same reason).
+    """
+    if not categories:
+        return z
+    u = jax.scipy.stats.norm.cdf(z[:, 0].astype(jnp.float32))
+    k = jnp.clip(jnp.floor(u * categories).astype(jnp.int32), 0, categories - 1)
+    return jnp.concatenate([jax.nn.one_hot(k, categories, dtype=z.dtype), z[:, 1:]], axis=-1)
+
+
 def noise_keys(module: nn.Module, z, on: bool):
     """Per-example keys from the 'noise' rng stream and each row of z (None when off)."""
     if not on:
@@ -199,11 +216,13 @@ class MLPGenerator(nn.Module):
     num_classes: int = 0        # > 0: class-conditional (labels int32[B])
     cond: str = "embed"         # embed | cbn (conditional batch norm)
     noise: bool = False         # noise injection after each hidden norm (needs the 'noise' rng)
+    categories: int = 0         # > 0: categorical latent code from z's first coordinate
 
     @nn.compact
     def __call__(self, z, train: bool = True, labels=None):
         keys = noise_keys(self, z, self.noise)
-        x = embed_labels(z, labels, self.num_classes if self.cond == "embed" else 0, self.dtype)
+        x = embed_labels(categorical_code(z, self.categories), labels,
+                         self.num_classes if self.cond == "embed" else 0, self.dtype)
         cbn = self.num_classes if self.cond == "cbn" else 0
         for i, width in enumerate(self.hidden):
             x = nn.Dense(width, dtype=self.dtype)(x)
@@ -269,6 +288,7 @@ class DCGANGenerator(nn.Module):
     num_classes: int = 0        # > 0: class-conditional (labels int32[B])
     cond: str = "embed"         # embed | cbn (conditional batch norm)
     noise: bool = False         # noise injection after each hidden norm (needs the 'noise' rng)
+    categories: int = 0         # > 0: categorical latent code from z's first coordinate
 
     @nn.compact
     def __call__(self, z, train: bool = True, labels=None):
@@ -276,7 +296,8 @@ class DCGANGenerator(nn.Module):
         n_up = int(round(math.log2(self.image_size // base)))
         ch = self.width * 2 ** (n_up - 1)
         keys = noise_keys(self, z, self.noise)
-        h = embed_labels(z, labels, self.num_classes if self.cond == "embed" else 0, self.dtype)
+        h = embed_labels(categorical_code(z, self.categories), labels,
+                         self.num_classes if self.cond == "embed" else 0, self.dtype)
         cbn = self.num_classes if self.cond == "cbn" else 0
         x = nn.Dense(base * base * ch, use_bias=False, dtype=self.dtype)(h)
         x = Norm(self.norm, self.dtype, cbn)(x, train, labels)
@@ -380,7 +401,8 @@ def build(config, dtype=None) -> tuple[nn.Module, nn.Module]:
     k = num_classes(config)
     # .get: recipes saved before a key build the model they were trained with
     g_kw = {"num_classes": k, "cond": m.get("g_cond", "embed"),
-            "noise": bool(m.get("g_noise", False))}
+            "noise": bool(m.get("g_noise", False)),
+            "categories": int(m.get("z_categories", 0))}
     d_kw = {"num_classes": k, "cond": m.get("d_cond", "projection"),
             "spectral_norm": bool(m.get("d_spectral_norm", False)),
             "mbstd": int(m.get("d_mbstd", 0)), "pack": int(m.get("pack", 1))}
@@ -390,7 +412,7 @@ def build(config, dtype=None) -> tuple[nn.Module, nn.Module]:
         if config.loss.name == "ssgan":
             from jaxgan import ssgan  # the K-class critic of the semi-supervised GAN
             return g, ssgan.build_critic(config)
-        d = MLPDiscriminator(hidden=tuple(m.hidden), norm=m.d_norm, dtype=dtype, **d_kw)
+        d = MLPDiscriminator(hidden=config_lib.critic_hidden(config), norm=m.d_norm, dtype=dtype, **d_kw)
         return g, d
     g = DCGANGenerator(image_size=shape[0], channels=shape[2], width=m.g_width, norm=m.g_norm,
                        kernel=m.g_kernel, dtype=dtype, **g_kw)

@@ -22,6 +22,7 @@ import numpy as np
 import optax
 
 from jaxgan import checkpoint as ckpt_lib
+from jaxgan import config as config_lib
 from jaxgan import data as data_lib
 from jaxgan import images as images_lib
 from jaxgan import losses as losses_lib
@@ -51,7 +52,7 @@ class SSGANCritic(nn.Module):
 
     Salimans et al.'s MNIST critic: Gaussian noise on the input (sigma 0.3) and after every
     hidden layer (sigma 0.5) in training, ReLU layers with weight normalization (theirs, the
-    default here: 1000-500-250-250-250; `build_critic` takes `model.hidden`), a K-way linear
+    default here: 1000-500-250-250-250; `build_critic` takes `model.d_hidden`), a K-way linear
     output. `features` is the last hidden layer (before its noise),
     the statistic feature matching matches. The noise needs the 'noise' rng in training.
     """
@@ -121,7 +122,8 @@ def init_state(state, critic: SSGANCritic, images: np.ndarray):
 
 def build_critic(config) -> SSGANCritic:
     from jaxgan import models  # models.build calls back into this module
-    return SSGANCritic(hidden=tuple(config.model.hidden), num_classes=int(config.model.num_classes),
+    return SSGANCritic(hidden=config_lib.critic_hidden(config),
+                       num_classes=int(config.model.num_classes),
                        dtype=models.compute_dtype(config))
 
 

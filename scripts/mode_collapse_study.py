@@ -54,6 +54,10 @@ VARIANTS: dict[str, dict] = {
              "optim.g": {"lr": 1e-3, "b2": 0.9}, "optim.d": {"lr": 1e-3, "b2": 0.9},
              "optim.schedule": "linear", "train.ema_decay": 0.999},
 }
+# best + a categorical latent code (model.z_categories): G may jump between disjoint modes
+# instead of leaving a trail of samples between them; z gains a coordinate for the category.
+VARIANTS["best-cat50"] = {**VARIANTS["best"], "model.z_dim": 3, "model.z_categories": 50}
+VARIANTS["best-cat64"] = {**VARIANTS["best"], "model.z_dim": 3, "model.z_categories": 64}
 
 # Published rows (as quoted in the project's issue 6): (dataset, method, modes, high quality %).
 PUBLISHED = [

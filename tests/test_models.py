@@ -87,6 +87,21 @@ def test_mlp_for_points_is_linear_and_for_images_tanh():
     assert out.shape == (16, 8, 8, 1) and float(jnp.max(jnp.abs(out))) <= 1.0
 
 
+def test_mlp_critic_widths_default_to_the_generators_and_can_differ():
+    c = config_lib.base_config()
+    c.data.name, c.model.arch, c.model.hidden, c.model.g_norm = "ring", "mlp", (8, 8), "none"
+    assert models.build(c)[1].hidden == (8, 8)
+    c.model.d_hidden = (12, 6, 4)
+    config_lib.validate(c)
+    g, d = models.build(c)
+    assert g.hidden == (8, 8) and d.hidden == (12, 6, 4)
+    c.data.name, c.data.image_size, c.model.num_classes, c.loss.name = "mnist", 28, 10, "ssgan"
+    assert models.build(c)[1].hidden == (12, 6, 4)  # the semi-supervised critic too
+    c.model.d_hidden = (12, 0)
+    with pytest.raises(config_lib.ConfigError, match="model.d_hidden"):
+        config_lib.validate(c)
+
+
 def test_image_sizes_the_dcgan_cannot_build_are_rejected():
     with pytest.raises(config_lib.ConfigError, match="image_size=144"):
         config_lib.image_base(48 * 3)  # 144 = 9 * 16: no 4 or 7 base

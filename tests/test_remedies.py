@@ -1,8 +1,10 @@
-"""Mode-collapse remedies: spectral norm, minibatch stddev, PacGAN packing, generator noise."""
+"""Mode-collapse remedies: spectral norm, minibatch stddev, PacGAN packing, generator noise,
+categorical latent code."""
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import scipy.stats
 
 from conftest import tiny_image_config, tiny_ring_config
 from jaxgan import config as config_lib
@@ -152,7 +154,40 @@ def test_generator_noise_is_a_function_of_z_and_vanishes_at_zero_scale():
         > 1e-3
 
 
+def test_categorical_code_is_uniform_one_hot_read_off_the_first_coordinate():
+    z = jax.random.normal(jax.random.PRNGKey(0), (40_000, 3))
+    code = np.asarray(models.categorical_code(z, 5))
+    assert code.shape == (40_000, 5 + 2)
+    np.testing.assert_array_equal(code[:, 5:], np.asarray(z[:, 1:]))  # the rest passes through
+    assert set(np.unique(code[:, :5])) == {0.0, 1.0} and np.all(code[:, :5].sum(1) == 1)
+    counts = code[:, :5].sum(0)
+    assert np.all(np.abs(counts / 40_000 - 0.2) < 0.01), counts  # uniform over the categories
+    # the category is a monotone function of z_0: quantiles of the normal split it
+    k = code[:, :5].argmax(1)
+    edges = scipy.stats.norm.ppf([0.2, 0.4, 0.6, 0.8])
+    z0 = np.asarray(z[:, 0])
+    clear = np.min(np.abs(z0[:, None] - edges[None]), axis=1) > 1e-4  # float32 CDF rounding
+    np.testing.assert_array_equal(k[clear], np.searchsorted(edges, z0[clear]))
+    np.testing.assert_array_equal(models.categorical_code(z, 0), z)  # off
+
+
+def test_a_categorical_generator_can_jump_between_categories():
+    """The generator sees the one-hot code: z rows that differ only in their category map to
+    outputs as far apart as its first layer makes them, and its input width is K + Z - 1."""
+    c = tiny_ring_config(**{"model.z_dim": 3, "model.z_categories": 4, "model.hidden": (8,)})
+    config_lib.validate(c)
+    g, _ = models.build(c)
+    variables = _init(g, jnp.zeros((2, 3)))
+    assert variables["params"]["Dense_0"]["kernel"].shape[0] == 4 + 2
+    z = jnp.array([[-1.0, 0.3, 0.3], [-0.9, 0.3, 0.3], [1.0, 0.3, 0.3]])  # categories 0, 0, 3
+    out = np.asarray(_apply(g)(variables, z))
+    np.testing.assert_array_equal(out[0], out[1])  # same category, same continuous part
+    assert np.abs(out[0] - out[2]).max() > 1e-4
+
+
 @pytest.mark.parametrize("overrides,match", [
+    ({"model.z_categories": 1}, "model.z_categories=1"),
+    ({"model.z_categories": 4, "model.z_dim": 1}, "z_dim >= 2"),
     ({"model.pack": 0}, "model.pack=0"),
     ({"model.d_mbstd": -1}, "model.d_mbstd=-1"),
     ({"model.pack": 3}, "not a multiple of model.pack=3"),
