@@ -176,7 +176,7 @@ class NoiseInjection(nn.Module):
 
 
 def categorical_code(z, categories: int):
-    """z: f32[B, Z] -> f32[B, K + Z - 1]: [one_hot(k, K), z_1, ..., z_{Z-1}], k = floor(K Phi(z_0)).
+    """z: f32[B, Z] -> f32[B, K + Z - 1]: [sqrt(K) one_hot(k, K), z_1, ..., z_{Z-1}], k = floor(K Phi(z_0)).
 
     Phi(z_0) is uniform on [0, 1], so k is uniform over the K categories and a sample stays a
     function of z alone (grids, `jaxgan.sample` and evaluation draw plain Gaussian z). A continuous
@@ -188,7 +188,11 @@ def categorical_code(z, categories: int):
         return z
     u = jax.scipy.stats.norm.cdf(z[:, 0].astype(jnp.float32))
     k = jnp.clip(jnp.floor(u * categories).astype(jnp.int32), 0, categories - 1)
-    return jnp.concatenate([jax.nn.one_hot(k, categories, dtype=z.dtype), z[:, 1:]], axis=-1)
+    # sqrt(K): after G's first (LeCun-initialised) layer a category moves the features as much as
+    # a unit Gaussian input would, so categories start as separate clusters (DeLiGAN's means)
+    # rather than as small offsets the continuous part drowns.
+    code = jax.nn.one_hot(k, categories, dtype=z.dtype) * np.sqrt(categories).astype(np.float32)
+    return jnp.concatenate([code.astype(z.dtype), z[:, 1:]], axis=-1)
 
 
 def noise_keys(module: nn.Module, z, on: bool):
