@@ -371,7 +371,7 @@ class Evaluator:
         m = mixtures.mode_metrics(pts, self.centers, self.sigma)
         return {"num_samples": len(pts), "modes/captured": m["modes"],
                 "modes/num_modes": m["num_modes"], "modes/high_quality": m["high_quality"],
-                "modes/reverse_kl": m["reverse_kl"]}
+                "modes/reverse_kl": m["reverse_kl"], "modes/spread": m["spread"]}
 
 
 def evaluate(config, samples, metrics: str | Sequence[str] | None = None, *,

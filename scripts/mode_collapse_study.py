@@ -133,10 +133,10 @@ def run_one(dataset: str, variant: dict, seed: int, steps: int, args) -> dict:
     return res
 
 
-def summarize(rows: list[dict]) -> tuple[str, str, str, int]:
+def summarize(rows: list[dict]) -> tuple[str, str, str, str, int]:
     ok = [r for r in rows if "diverged" not in r]
     if not ok:
-        return "diverged", "-", "-", 0
+        return "diverged", "-", "-", "-", 0
 
     def ms(key, scale=1.0, fmt="{:.1f}"):
         vals = np.array([float(r[key]) * scale for r in ok])
@@ -148,7 +148,8 @@ def summarize(rows: list[dict]) -> tuple[str, str, str, int]:
     hq = ms("modes/high_quality", 100.0) if "modes/high_quality" in ok[0] else "-"
     kl_key = "modes/reverse_kl" if "modes/reverse_kl" in ok[0] else "modes/kl"
     kl = ms(kl_key, fmt="{:.2f}") if kl_key in ok[0] else "-"
-    return modes, hq, kl, len(rows) - len(ok)
+    spread = ms("modes/spread", fmt="{:.2f}") if "modes/spread" in ok[0] else "-"
+    return modes, hq, kl, spread, len(rows) - len(ok)
 
 
 def main(argv=None) -> int:
@@ -187,8 +188,8 @@ def main(argv=None) -> int:
             ap.error(f"unknown variant {n!r}; --list shows them")
 
     lines = [f"Command: `python scripts/mode_collapse_study.py {' '.join(argv or sys.argv[1:])}`",
-             "", "| dataset | variant | modes | high quality % | reverse KL | diverged | s/run |",
-             "|---|---|---|---|---|---|---|"]
+             "", "| dataset | variant | modes | high quality % | reverse KL | spread (sigmas) "
+             "| diverged | s/run |", "|---|---|---|---|---|---|---|---|"]
     for d in datasets:
         for n in names:
             rows = []
@@ -198,12 +199,13 @@ def main(argv=None) -> int:
                       + json.dumps({k: (round(v, 4) if isinstance(v, float) else v)
                                     for k, v in r.items()}), flush=True)
                 rows.append(r)
-            modes, hq, kl, bad = summarize(rows)
+            modes, hq, kl, spread, bad = summarize(rows)
             secs = np.mean([r["seconds"] for r in rows])
-            lines.append(f"| {d} | {n} | {modes} | {hq} | {kl} | {bad}/{len(rows)} | {secs:.0f} |")
+            lines.append(f"| {d} | {n} | {modes} | {hq} | {kl} | {spread} | {bad}/{len(rows)} "
+                         f"| {secs:.0f} |")
         for pd, method, modes, hq in PUBLISHED:
             if pd == d:
-                lines.append(f"| {d} | published: {method} | {modes} | {hq} | | | |")
+                lines.append(f"| {d} | published: {method} | {modes} | {hq} | | | | |")
     table = "\n".join(lines)
     print(table)
     if args.out:

@@ -74,11 +74,26 @@ def test_evaluator_streams_in_process_samples_like_train_would(ring_workdir):
                                int(config.model.z_dim), batch_size=128, mixture=True)
     streamed = evaluator(chunks)
     _, points = sample_lib.generate(ring_workdir, 300, seed=0, batch_size=128)
-    assert streamed == ev.evaluate(config, points)
+    np.testing.assert_equal(streamed, ev.evaluate(config, points))  # nan spread == nan
     centers, _ = data_lib.mixture_centers("ring")
     perfect = evaluator(np.repeat(centers, 30, axis=0))
     assert perfect["modes/captured"] == 8 and perfect["modes/high_quality"] == 1.0
     assert perfect["modes/reverse_kl"] == pytest.approx(0.0, abs=1e-12)
+    assert perfect["modes/spread"] == 0.0  # every sample on a centre: narrower than the data
+
+
+def test_within_mode_spread_is_one_sigma_for_the_data_and_scales_with_it():
+    from jaxgan.metrics.mixtures import mode_metrics
+    centers, sigma = data_lib.mixture_centers("grid")
+    rng = np.random.default_rng(0)
+    modes = rng.integers(0, len(centers), 50_000)
+    noise = rng.normal(size=(50_000, 2))
+    real = mode_metrics(centers[modes] + sigma * noise, centers, sigma)
+    # per-axis RMS of a 2-D Gaussian cut at radius 3 sigma: sqrt(1 - 4.5 e^-4.5 / (1 - e^-4.5))
+    cut = np.sqrt(1 - 4.5 * np.exp(-4.5) / (1 - np.exp(-4.5)))
+    assert real["spread"] == pytest.approx(cut, rel=0.01) and real["high_quality"] > 0.98
+    narrow = mode_metrics(centers[modes] + 0.4 * sigma * noise, centers, sigma)
+    assert narrow["spread"] == pytest.approx(0.4, rel=0.01)
 
 
 # ------------------------------------------------------------------------------ images
