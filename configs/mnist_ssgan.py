@@ -1,7 +1,7 @@
 """Semi-supervised GAN on MNIST with 100 labels (Salimans et al. 2016, "Improved Techniques").
 
-The critic is a 10-class classifier (MLP 500-500 with weight normalization and Gaussian noise
-layers; the paper's is 1000-500-250-250-250) whose real/fake logit is the logsumexp of its class logits; it is trained
+The critic is a 10-class classifier (the paper's MLP 1000-500-250-250-250 with weight normalization
+and Gaussian noise layers) whose real/fake logit is the logsumexp of its class logits; it is trained
 on 100 labelled images (10 per class, drawn from the seed), the whole training split without
 labels, and generated images. G (MLP 500-500, batch norm) is trained by feature matching.
     python -m jaxgan.train --config configs/mnist_ssgan.py --workdir runs/mnist_ssgan \\
@@ -21,7 +21,8 @@ def get_config():
     c.model.arch = "mlp"
     c.model.num_classes = 10
     c.model.z_dim = 100
-    c.model.hidden = (500, 500)     # the generator's and the critic's hidden widths
+    c.model.hidden = (500, 500)     # the generator's hidden widths (Salimans et al.)
+    c.model.d_hidden = (1000, 500, 250, 250, 250)  # the critic's (Salimans et al.)
     c.model.g_norm = "batch"
     c.loss.name = "ssgan"
     c.optim.g = adam(3e-3, 0.5, 0.999)  # Salimans et al.: lr 0.003, beta1 0.5, batch 100
