@@ -52,7 +52,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.g_norm = "batch"
     c.model.d_norm = "batch"
     c.model.g_kernel = 4            # transposed-conv kernel; HW6 uses 5 (padding 2, output_padding 1)
-    c.model.hidden = (512, 512)     # MLP hidden widths (generator, and critic unless d_hidden)
+    c.model.hidden = (512, 512)     # MLP widths: generator, and critic unless d_hidden
     c.model.d_hidden = ()           # MLP critic's hidden widths; () = model.hidden
     c.model.num_classes = 0         # > 0: class-conditional GAN on the dataset's labels
     c.model.g_cond = "embed"        # embed (label embedding appended to z) | cbn (conditional BN)

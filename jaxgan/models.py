@@ -176,7 +176,8 @@ class NoiseInjection(nn.Module):
 
 
 def categorical_code(z, categories: int):
-    """z: f32[B, Z] -> f32[B, K + Z - 1]: [sqrt(K) one_hot(k, K), z_1, ..., z_{Z-1}], k = floor(K Phi(z_0)).
+    """z: f32[B, Z] -> f32[B, K + Z - 1]: [sqrt(K) one_hot(k, K), z_1, ..., z_{Z-1}],
+    k = floor(K Phi(z_0)).
 
     Phi(z_0) is uniform on [0, 1], so k is uniform over the K categories and a sample stays a
     function of z alone (grids, `jaxgan.sample` and evaluation draw plain Gaussian z). A continuous
@@ -191,8 +192,8 @@ def categorical_code(z, categories: int):
     # sqrt(K): after G's first (LeCun-initialised) layer a category moves the features as much as
     # a unit Gaussian input would, so categories start as separate clusters (DeLiGAN's means)
     # rather than as small offsets the continuous part drowns.
-    code = jax.nn.one_hot(k, categories, dtype=z.dtype) * np.sqrt(categories).astype(np.float32)
-    return jnp.concatenate([code.astype(z.dtype), z[:, 1:]], axis=-1)
+    code = jax.nn.one_hot(k, categories, dtype=z.dtype) * math.sqrt(categories)
+    return jnp.concatenate([code, z[:, 1:]], axis=-1)
 
 
 def noise_keys(module: nn.Module, z, on: bool):
@@ -416,7 +417,8 @@ def build(config, dtype=None) -> tuple[nn.Module, nn.Module]:
         if config.loss.name == "ssgan":
             from jaxgan import ssgan  # the K-class critic of the semi-supervised GAN
             return g, ssgan.build_critic(config)
-        d = MLPDiscriminator(hidden=config_lib.critic_hidden(config), norm=m.d_norm, dtype=dtype, **d_kw)
+        d = MLPDiscriminator(hidden=config_lib.critic_hidden(config), norm=m.d_norm, dtype=dtype,
+                             **d_kw)
         return g, d
     g = DCGANGenerator(image_size=shape[0], channels=shape[2], width=m.g_width, norm=m.g_norm,
                        kernel=m.g_kernel, dtype=dtype, **g_kw)
