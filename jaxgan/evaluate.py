@@ -34,6 +34,7 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 
 from jaxgan import checkpoint as ckpt_lib
+from jaxgan import compile_cache
 from jaxgan import config as config_lib
 from jaxgan import data as data_lib
 from jaxgan import images as images_lib
@@ -656,6 +657,7 @@ def main(argv=None) -> int:
 
     def _main(argv):
         logging.set_verbosity(logging.WARNING)
+        compile_cache.enable()  # a restart loads the compiled programs from disk
         try:
             _dispatch(argv, flags.FLAGS)
         except _ERRORS as e:

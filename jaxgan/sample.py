@@ -13,6 +13,7 @@ import jax
 import numpy as np
 
 from jaxgan import checkpoint as ckpt_lib
+from jaxgan import compile_cache
 from jaxgan import config as config_lib
 from jaxgan import images as images_lib
 from jaxgan import models
@@ -128,6 +129,7 @@ def main(argv=None) -> int:
 
     def _main(argv):
         logging.set_verbosity(logging.WARNING)
+        compile_cache.enable()  # a restart loads the compiled programs from disk
         f = flags.FLAGS
         try:
             ext = os.path.splitext(f.out)[1].lower()

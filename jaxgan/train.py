@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxgan import checkpoint as ckpt_lib
+from jaxgan import compile_cache
 from jaxgan import config as config_lib
 from jaxgan import data as data_lib
 from jaxgan import distributed
@@ -537,6 +538,7 @@ def main(argv=None) -> int:
             print(f"error: unexpected arguments: {' '.join(rest[1:])}", file=sys.stderr)
             sys.exit(2)
         logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO
+        compile_cache.enable()  # a restart loads the compiled programs from disk
         f = flags.FLAGS
         try:
             state, _ = train_and_evaluate(f.config, f.workdir, progress=f.progress)

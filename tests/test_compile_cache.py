@@ -1,0 +1,42 @@
+"""The CLIs keep compiled programs on disk, so a second run of a recipe compiles nothing new."""
+import os
+import subprocess
+import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _env(cache_root, **extra):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_COMPILATION_CACHE")}
+    env.update(JAX_PLATFORMS="cpu", JAXGAN_CACHE_DIR=str(cache_root),
+               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", **extra)
+    return env
+
+
+def _train(workdir, env):
+    return subprocess.run(
+        [sys.executable, "-m", "jaxgan.train", "--config", "configs/ring_gan.py", "--workdir",
+         str(workdir), "--noprogress", "--config.train.steps=2", "--config.train.log_every=1",
+         "--config.train.sample_every=2", "--config.train.checkpoint_every=2"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+
+
+def _entries(path):
+    return sorted(os.listdir(path)) if os.path.isdir(path) else []
+
+
+def test_train_cli_writes_the_cache_and_a_rerun_only_reads_it(tmp_path):
+    env = _env(tmp_path / "cache")
+    first = _train(tmp_path / "a", env)
+    assert first.returncode == 0, first.stderr
+    cached = _entries(tmp_path / "cache" / "xla")
+    assert cached, "no compiled program was written to $JAXGAN_CACHE_DIR/xla"
+    second = _train(tmp_path / "b", env)
+    assert second.returncode == 0, second.stderr
+    assert _entries(tmp_path / "cache" / "xla") == cached  # every program came from the cache
+
+
+def test_cache_can_be_switched_off(tmp_path):
+    run = _train(tmp_path / "a", _env(tmp_path / "cache", JAXGAN_COMPILATION_CACHE="0"))
+    assert run.returncode == 0, run.stderr
+    assert not _entries(tmp_path / "cache" / "xla")
