@@ -174,19 +174,24 @@ def test_periodic_evaluation_keeps_the_best_checkpoint(tmp_path):
 
 
 def test_a_short_ring_run_captures_most_modes(tmp_path):
-    """1000 steps of the original GAN on the 8-Gaussian ring (PacGAN geometry) find most modes."""
+    """500 steps of ring_wgan_gp's settings on the 8-Gaussian ring (PacGAN geometry) find the
+    modes. (The plain GAN at 1000 steps found 6+ on one CPU and 2-5 on another, for 4 seeds:
+    too chaotic for a test; these settings gave 8/8 at 50-66% high quality for seeds 0-3.)"""
     from jaxgan.data import mixture_centers
     from jaxgan.metrics.mixtures import mode_metrics
     c = tiny_ring_config(**{"model.hidden": (256, 256, 256), "train.batch_size": 256,
-                            "train.steps": 1000, "train.log_every": 500,
-                            "train.sample_every": 1000, "train.checkpoint_every": 1000,
-                            "optim.g.lr": 1e-3, "optim.d.lr": 1e-3})
+                            "loss.name": "wgan-gp", "loss.gp_weight": 0.1, "train.n_critic": 5,
+                            "optim.g.lr": 1e-3, "optim.d.lr": 1e-3, "optim.g.b2": 0.9,
+                            "optim.d.b2": 0.9, "optim.schedule": "linear",
+                            "train.ema_decay": 0.99, "train.steps": 500,
+                            "train.steps_per_call": 50, "train.log_every": 250,
+                            "train.sample_every": 500, "train.checkpoint_every": 500})
     train_lib.train_and_evaluate(c, str(tmp_path), progress=False)
     _, points = sample_lib.generate(str(tmp_path), 2500)
     centers, sigma = mixture_centers("ring")
     m = mode_metrics(points, centers, sigma)
-    assert m["modes"] >= 6, m
-    assert m["high_quality"] > 0.2, m
+    assert m["modes"] >= 7, m
+    assert m["high_quality"] > 0.3, m
 
 
 def test_streaming_trains_exactly_like_the_resident_dataset(tmp_path):
