@@ -15,9 +15,10 @@ from jaxgan import data as data_lib
 def cache_path() -> str | None:
     """The cache directory, or None when it is switched off.
 
-    $JAX_COMPILATION_CACHE_DIR (JAX's own setting) wins; JAXGAN_COMPILATION_CACHE=0 switches the
-    cache off (e.g. for a home directory shared by machines with different CPUs); otherwise
-    `xla/` under jaxgan's cache directory ($JAXGAN_CACHE_DIR, else ~/.cache/jaxgan).
+    JAXGAN_COMPILATION_CACHE=0 keeps jaxgan from turning it on (e.g. for a home directory
+    shared by machines with different CPUs; JAX still honours its own $JAX_COMPILATION_CACHE_DIR);
+    otherwise $JAX_COMPILATION_CACHE_DIR if set, else `xla/` under jaxgan's cache directory
+    ($JAXGAN_CACHE_DIR, else ~/.cache/jaxgan).
     """
     if os.environ.get("JAXGAN_COMPILATION_CACHE", "1").strip().lower() in ("0", "false", "no", "off"):
         return None
@@ -34,6 +35,6 @@ def enable() -> str | None:
     import jax
 
     path = cache_path()
-    if path is not None and not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
-        jax.config.update("jax_compilation_cache_dir", path)  # (JAX reads its env var itself)
+    if path is not None:
+        jax.config.update("jax_compilation_cache_dir", path)
     return path
