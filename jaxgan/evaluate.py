@@ -13,7 +13,9 @@ and appends it to DIR/eval.jsonl. Metric groups (`--metrics`, default by dataset
               stacked_mnist: modes/covered of modes/num_modes=1000, modes/kl (needs the MNIST
               classifier)
   classifier  classifier/fd, classifier/score (+_std), classifier/classes_covered,
-              classifier/class_kl (stacked_mnist: classifier/fd on per-channel features)
+              classifier/class_kl, classifier/confident (share of samples the classifier reads
+              as one class with probability >= 0.9); stacked_mnist: classifier/fd on
+              per-channel features
   fid, is, kid  with the FID Inception weights (`--inception FILE.pth|DIR`)
   accuracy    semi-supervised runs (loss.name='ssgan', the default for them): accuracy/test, the
               critic's classification accuracy on the dataset's test split
@@ -51,7 +53,8 @@ KID_REFERENCE = 10000   # real Inception features kept in the cache for KID
 # Which way is better, for keeping the best checkpoint.
 LOWER_IS_BETTER = frozenset({"fid", "kid", "classifier/fd", "classifier/class_kl", "modes/kl",
                              "modes/reverse_kl"})
-HIGHER_IS_BETTER = frozenset({"is", "classifier/score", "classifier/classes_covered", "accuracy/test",
+HIGHER_IS_BETTER = frozenset({"is", "classifier/score", "classifier/confident",
+                              "classifier/classes_covered", "accuracy/test",
                               "modes/covered", "modes/captured", "modes/high_quality"})
 
 
@@ -358,7 +361,8 @@ class Evaluator:
         if "classifier" in self.metrics:
             score, std = fid_lib.inception_score(logits, splits=min(10, len(logits)))
             m = clf_lib.class_metrics(classes, self.classifier.label_hist)
-            out.update({"classifier/score": score, "classifier/score_std": std})
+            out.update({"classifier/score": score, "classifier/score_std": std,
+                        "classifier/confident": clf_lib.confident_share(logits)})
             out.update({f"classifier/{k}": v for k, v in m.items()})
         return out
 

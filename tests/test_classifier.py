@@ -116,6 +116,16 @@ def test_class_metrics_on_hand_made_predictions():
     assert clf_lib.kl_divergence([0.5, 0.5], [1.0, 0.0]) == math.inf
 
 
+def test_confident_share_counts_top_probabilities_at_the_threshold():
+    sure = [10.0, 0.0, 0.0]                     # p_top = 1 / (1 + 2 e^-10) > 0.9
+    torn = [1.0, 1.0, 0.0]                      # p_top = e / (2e + 1) ~ 0.42
+    just = [math.log(9.5), 0.0, -math.inf]      # p_top = 9.5 / 10.5 ~ 0.905
+    assert clf_lib.confident_share(np.array([sure, torn, just, torn])) == 0.5
+    assert clf_lib.confident_share(np.array([torn]), threshold=0.4) == 1.0
+    with pytest.raises(ValueError, match="N, K"):
+        clf_lib.confident_share(np.zeros((0, 3)))
+
+
 def test_stacked_mnist_modes_on_hand_made_channel_predictions():
     channels = np.array([[1, 2, 3], [1, 2, 3], [9, 9, 9], [0, 0, 0]])
     np.testing.assert_array_equal(clf_lib.stacked_mode_ids(channels), [123, 123, 999, 0])

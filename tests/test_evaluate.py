@@ -112,6 +112,11 @@ def test_classifier_metrics_real_vs_collapsed_and_cached_reference(digits, digit
     assert on_real["classifier/classes_covered"] == on_real["classifier/num_classes"] == 10
     assert on_real["classifier/class_kl"] < 0.05
     assert on_real["classifier/score"] > 5
+    # half-and-half blends of two different digits read as neither: fewer confident samples
+    shifted = np.roll(real.images, 1, axis=0)
+    blends = ((real.images.astype(np.float32) + shifted) / 2).astype(np.uint8)
+    blended = evaluator(blends[real.labels != np.roll(real.labels, 1)])
+    assert blended["classifier/confident"] < 0.5 * on_real["classifier/confident"]
     ones = real.images[digits_clf.predict(real.images) == 1]  # what it calls a 1
     collapsed = evaluator(np.tile(ones, (5, 1, 1, 1)))
     assert collapsed["classifier/classes_covered"] == 1

@@ -420,6 +420,19 @@ def class_metrics(classes: np.ndarray, data_hist: np.ndarray, min_share: float =
             "class_kl": kl_divergence(q, data_hist)}
 
 
+def confident_share(logits: np.ndarray, threshold: float = 0.9) -> float:
+    """Share of samples whose top class probability is >= threshold: the classifier reads them
+    as one class without doubt. A per-sample "recognizable" rate (real MNIST test digits: ~0.99
+    at 0.9); the score (an IS) mixes this with class balance, FD with the feature distribution.
+    """
+    x = np.asarray(logits, np.float64)
+    if x.ndim != 2 or len(x) == 0:
+        raise ValueError(f"logits must be [N, K] with N > 0, got shape {x.shape}")
+    x = x - x.max(axis=1, keepdims=True)
+    top = 1.0 / np.exp(x).sum(axis=1)        # softmax at the argmax: exp(0) / sum exp
+    return float(np.mean(top >= threshold))
+
+
 def stacked_mode_ids(channel_classes: np.ndarray) -> np.ndarray:
     """int[N, 3] per-channel digits (R, G, B) -> int[N] mode ids 100*r + 10*g + b."""
     c = np.asarray(channel_classes)
