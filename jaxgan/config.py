@@ -6,6 +6,8 @@ before anything is compiled or written, so a bad recipe costs a one-line error, 
 from __future__ import annotations
 
 import difflib
+import importlib.util
+import os
 
 import ml_collections
 
@@ -117,6 +119,17 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval.classifier = ""          # path from `python -m jaxgan.evaluate train-classifier`
     c.eval.inception = ""           # FID Inception weights (.pth) or their cache directory
     return c
+
+
+def load_recipe(path: str | os.PathLike) -> ml_collections.ConfigDict:
+    """get_config() of a recipe file (configs/NAME.py), as `--config path` loads it, for code
+    that is not the CLI (tests, scripts)."""
+    spec = importlib.util.spec_from_file_location(os.path.basename(path)[:-3], path)
+    if spec is None or spec.loader is None:
+        raise ConfigError(f"{path}: not a Python recipe file (configs/NAME.py)")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
 
 
 def _adam(lr: float, b1: float, b2: float) -> ml_collections.ConfigDict:

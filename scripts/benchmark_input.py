@@ -17,7 +17,6 @@ Each line prints images/s and the ratio to the step (> 1: faster than training n
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import tempfile
 import time
@@ -26,18 +25,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxgan import config as config_lib
 from jaxgan import data as data_lib
 from jaxgan import images as images_lib
 from jaxgan import models, optim, state as state_lib, step as step_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def load_config(path: str):
-    spec = importlib.util.spec_from_file_location("recipe", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.get_config()
 
 
 def timed(fn, repeats: int = 1) -> float:
@@ -159,7 +152,7 @@ def main():
     p.add_argument("--tfds_limit", type=int, default=4000, help="MNIST records decoded")
     args = p.parse_args()
 
-    config = load_config(args.config)
+    config = config_lib.load_recipe(args.config)
     size, channels = int(config.data.image_size), int(config.data.channels)
     print(f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}), "
           f"{os.cpu_count()} CPU cores; recipe {os.path.basename(args.config)}: "

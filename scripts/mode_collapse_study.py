@@ -16,7 +16,6 @@ each channel, KL to uniform). The table gives mean +- std over seeds beside the 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import shutil
@@ -25,6 +24,8 @@ import tempfile
 import time
 
 import numpy as np
+
+from jaxgan import config as config_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -68,11 +69,7 @@ PUBLISHED = [
 
 
 def load_recipe(dataset: str):
-    path = os.path.join(REPO, "configs", BASE[dataset])
-    spec = importlib.util.spec_from_file_location("recipe", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config()
+    config = config_lib.load_recipe(os.path.join(REPO, "configs", BASE[dataset]))
     config.data.name = dataset
     return config
 

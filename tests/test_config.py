@@ -50,13 +50,9 @@ def from_dict(**groups):
 
 
 def test_the_shipped_recipes_and_the_tiny_test_recipes_are_valid():
-    import importlib.util
     for name in sorted(os.listdir(os.path.join(REPO, "configs"))):
         if name.endswith(".py"):
-            spec = importlib.util.spec_from_file_location(name[:-3], os.path.join(REPO, "configs", name))
-            module = importlib.util.module_from_spec(spec)
-            spec.loader.exec_module(module)
-            config = module.get_config()
+            config = config_lib.load_recipe(os.path.join(REPO, "configs", name))
             if config.data.name == "folder":  # hw6_anime: the folder comes from the command line
                 with pytest.raises(ConfigError, match="data.path"):
                     validate(config)
@@ -274,3 +270,14 @@ def test_cli_bad_flags_today_fail_early_without_writing(cli):
         assert not os.path.exists(work), name
     assert "invalid literal for int()" in cli["wrong type through an override"][1]
     assert "missing.py" in cli["missing recipe file"][1]
+
+
+def test_load_recipe_reads_a_recipe_file_and_rejects_other_files(tmp_path):
+    recipe_file = tmp_path / "mine.py"
+    recipe_file.write_text("from jaxgan.config import base_config\n"
+                           "def get_config():\n    c = base_config()\n    c.train.steps = 7\n"
+                           "    return c\n")
+    assert config_lib.load_recipe(recipe_file).train.steps == 7
+    (tmp_path / "notes.txt").write_text("steps = 7")
+    with pytest.raises(ConfigError, match="not a Python recipe file"):
+        config_lib.load_recipe(tmp_path / "notes.txt")

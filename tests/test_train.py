@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import tiny_image_config, tiny_ring_config
+from conftest import apply_overrides, tiny_image_config, tiny_ring_config
 from jaxgan import checkpoint as ckpt_lib
 from jaxgan import config as config_lib
 from jaxgan import sample as sample_lib
@@ -174,18 +174,15 @@ def test_periodic_evaluation_keeps_the_best_checkpoint(tmp_path):
 
 
 def test_a_short_ring_run_captures_most_modes(tmp_path):
-    """500 steps of ring_wgan_gp's settings on the 8-Gaussian ring (PacGAN geometry) find the
-    modes. (The plain GAN at 1000 steps found 6+ on one CPU and 2-5 on another, for 4 seeds:
-    too chaotic for a test; these settings gave 8/8 at 50-66% high quality for seeds 0-3.)"""
+    """500 steps of configs/ring_wgan_gp.py (of its 4000, EMA 0.99 for the short run) on the
+    8-Gaussian ring (PacGAN geometry) find the modes. (The plain GAN at 1000 steps found 6+ on
+    one CPU and 2-5 on another, for 4 seeds: too chaotic for a test; these settings gave 8/8 at
+    50-66% high quality for seeds 0-3.)"""
     from jaxgan.data import mixture_centers
     from jaxgan.metrics.mixtures import mode_metrics
-    c = tiny_ring_config(**{"model.hidden": (256, 256, 256), "train.batch_size": 256,
-                            "loss.name": "wgan-gp", "loss.gp_weight": 0.1, "train.n_critic": 5,
-                            "optim.g.lr": 1e-3, "optim.d.lr": 1e-3, "optim.g.b2": 0.9,
-                            "optim.d.b2": 0.9, "optim.schedule": "linear",
-                            "train.ema_decay": 0.99, "train.steps": 500,
-                            "train.steps_per_call": 50, "train.log_every": 250,
-                            "train.sample_every": 500, "train.checkpoint_every": 500})
+    c = apply_overrides(config_lib.load_recipe(os.path.join(REPO, "configs", "ring_wgan_gp.py")),
+                        {"train.ema_decay": 0.99, "train.steps": 500, "train.log_every": 250,
+                         "train.sample_every": 500, "train.checkpoint_every": 500})
     train_lib.train_and_evaluate(c, str(tmp_path), progress=False)
     _, points = sample_lib.generate(str(tmp_path), 2500)
     centers, sigma = mixture_centers("ring")
