@@ -156,6 +156,8 @@ def main(argv=None) -> int:
     ap.add_argument("--extra", action="append", default=[],
                     help="NAME=key=value;key=value: a variant of your own")
     ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--first_seed", type=int, default=0,
+                    help="seeds are first_seed .. first_seed + seeds - 1 (add seeds to a table)")
     ap.add_argument("--steps", type=int, default=2000)
     ap.add_argument("--data_dir", default="", help="TFDS data_dir for stacked_mnist")
     ap.add_argument("--classifier", default="", help="MNIST classifier for stacked_mnist")
@@ -190,7 +192,7 @@ def main(argv=None) -> int:
     for d in datasets:
         for n in names:
             rows = []
-            for seed in range(args.seeds):
+            for seed in range(args.first_seed, args.first_seed + args.seeds):
                 r = run_one(d, variants[n], seed, args.steps, args)
                 print(f"{d} {n} seed {seed}: "
                       + json.dumps({k: (round(v, 4) if isinstance(v, float) else v)
