@@ -6,7 +6,8 @@ zero-dilated input, which is 10-20x slower than the same math written as a strid
 to s*s*C_out channels followed by depth-to-space ("sub-pixel", Shi et al. 2016). The two give
 the same numbers; only the order of the sums changes. On CPU the default ('phase') goes one
 step further: one stride-1 conv per output phase with only that phase's taps (no multiplies by
-the sub-pixel kernel's zero taps), gradients through the sub-pixel form.
+the sub-pixel kernel's zero taps); its gradients are a strided conv and that conv's kernel
+gradient, because a transposed conv is the input gradient of a strided conv.
 
 Conventions (everything NHWC):
   * torch `ConvTranspose2d(cin, cout, k, s, p, output_padding=op)` maps to
@@ -180,8 +181,9 @@ def conv_transpose_torch(
       x: [N, H, W, C_in].
       kernel: [kh, kw, C_in, C_out] (see `kernel_from_torch`); same dtype as x.
       implementation: 'phase', 'subpixel', 'transpose' or 'auto' (`default_upsample_impl`).
-      grad_impl: gradients of the stride-1 convs inside 'subpixel' (and of 'phase', whose
-        gradients are the sub-pixel path's): 'fast' | 'xla' | 'auto' (`conv2d`); same values.
+      grad_impl: 'fast' | 'xla' | 'auto' (`conv2d`); same values. 'fast': 'phase' is
+        differentiated as the adjoint of a strided conv, 'subpixel''s conv through `conv2d`'s
+        custom VJPs; 'xla': JAX differentiates the forward ops itself.
     Returns:
       [N, (H-1)*sh - 2*ph + kh + oph, (W-1)*sw - 2*pw + kw + opw, C_out].
     """
@@ -264,40 +266,44 @@ def _phase_forward(x, kernel, strides, pads, opads, precision):
     return y.reshape(n, qy * strides[0], qx * strides[1], cout)[:, :oy, :ox]
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5, 6))
+def _flip_io(kernel: Array) -> Array:
+    """[k, k, A, B] -> [k, k, B, A], taps reversed: the kernel of the adjoint operation.
+
+    A transposed conv with our kernel is the input gradient of the stride-s conv with
+    `_flip_io(kernel)`, and the other way round (an involution)."""
+    return jnp.flip(kernel, (0, 1)).transpose(0, 1, 3, 2)
+
+
 def _phase_conv_transpose(x, kernel, strides, pads, opads, precision, grad_impl):
-    """Forward by phases (fewest FLOPs); gradients are the sub-pixel path's (one wide conv
-    each, which XLA:CPU runs faster than s*s narrow ones; same values)."""
-    return _phase_forward(x, kernel, strides, pads, opads, precision)
-
-
-def _phase_ct_fwd(x, kernel, strides, pads, opads, precision, grad_impl):
-    return _phase_forward(x, kernel, strides, pads, opads, precision), (x, kernel)
-
-
-def _phase_ct_bwd(strides, pads, opads, precision, grad_impl, res, dy):
-    x, kernel = res
-    _, vjp = jax.vjp(lambda x_, k_: _subpixel_conv_transpose(
-        x_, k_, strides, pads, opads, precision, grad_impl), x, kernel)
-    return vjp(dy.astype(x.dtype))
-
-
-_phase_conv_transpose.defvjp(_phase_ct_fwd, _phase_ct_bwd)
+    """Forward by phases (fewest FLOPs). With fast gradients the layer is `_conv_dx`, the input
+    gradient of the strided conv it is the adjoint of, so its own gradients are that conv's
+    forward (input gradient) and kernel gradient: no multiplies by zero taps anywhere."""
+    if _resolve_grad_impl(grad_impl) == "xla":
+        return _phase_forward(x, kernel, strides, pads, opads, precision)
+    n, h, w, _ = x.shape
+    kh, kw, _, cout = kernel.shape
+    out_shape = (n, (h - 1) * strides[0] - 2 * pads[0] + kh + opads[0],
+                 (w - 1) * strides[1] - 2 * pads[1] + kw + opads[1], cout)
+    conv_pads = tuple((p, p - op) for p, op in zip(pads, opads))
+    return _conv_dx(x, _flip_io(kernel), out_shape, strides, conv_pads, precision)
 
 
 # ----------------------------------------------------------------------------- convolutions
 # Ordinary convolutions, gradients in the form XLA:CPU runs fast.
 #
-# Why: XLA:CPU runs a convolution's forward pass and its input gradient about as fast as
-# PyTorch's oneDNN, but two other things slowly (HW6, batch 64; BUILD_NOTES.md):
-#   * kernel gradients ("backward-filter" convs) of strided, thin or wide layers: the critic's
-#     4x4 stride-2 convs, its first layer (3 input channels), the generator's wide sub-pixel
-#     convs. As a few GEMMs over shifted windows of the (space-to-depth) input they are 1.5-5x
-#     faster (`_dw_gemm`).
+# Why: XLA:CPU (jax 0.10, its YNNPACK convolutions) runs a convolution's forward pass about
+# as fast as PyTorch's oneDNN, but three other things slowly (HW6, batch 64; BUILD_NOTES.md):
+#   * input gradients of strided convs: XLA convolves the stride-dilated dy (3/4 zeros for
+#     stride 2) in a generic conv outside YNNPACK. Here they are transposed convs computed by
+#     output phase (`_dx_value`), no multiplies by zeros.
+#   * kernel gradients of thin layers (the critic's first two, <= 64 input channels): a few
+#     GEMMs over shifted windows of the space-to-depth input (`_dw_gemm`).
 #   * WGAN-GP's second order: the penalty differentiates the input gradient of each strided
 #     conv once more w.r.t. the kernel, which XLA derives as a kernel-gradient conv over the
 #     stride-dilated dy. Here it is a kernel gradient like any other (the VJP table below);
-#     the HW6 WGAN-GP step went from 50.6 to 16.0 s.
+#     the HW6 WGAN-GP step went from 50.6 to 16.0 s on the session-1-4 box.
+# The generator's transposed convs are the same operations read backwards: a transposed conv
+# is the input gradient of a strided conv (`_phase_conv_transpose`).
 # Same sums, different order: values agree with `lax.conv_general_dilated` to float rounding
 # (tests/test_layers.py, first and second order). Forward passes are XLA's own convs.
 
@@ -323,13 +329,18 @@ def _resolve_grad_impl(grad_impl: str) -> str:
 Pads = tuple[tuple[int, int], tuple[int, int]]
 
 
-def _gemm_wgrad(cin: int, cout: int, strides: tuple[int, int]) -> bool:
-    """Where XLA:CPU's kernel-gradient conv lost to `_dw_gemm` (HW6, batch 64): strided convs
-    (the critic), few input channels (critic layer 1: 116 -> 24 ms CPU) and wide stride-1
-    outputs (the generator's sub-pixel convs, 16x16x128 -> 4*64: 860 -> 264 ms); not narrow
-    ones (the last sub-pixel conv, C_out 12: 90 -> 213 ms). These convs are routed through
-    `_conv`; the others are plain lax convs."""
+def _use_custom_vjp(cin: int, cout: int, strides: tuple[int, int]) -> bool:
+    """Convs routed through `_conv` (the VJP table below): strided ones (the critic, and the
+    generator's transposed convs read backwards), few input channels (critic layer 1) and wide
+    stride-1 outputs (the 'subpixel' upsampling's convs). Others are plain lax convs."""
     return cin <= 4 or strides != (1, 1) or cout >= 128
+
+
+def _dw_by_gemm(cin: int) -> bool:
+    """Kernel gradient by `_dw_gemm` rather than XLA's backward-filter conv: layers with <= 64
+    input channels. HW6 step, same process, alternating calls (BUILD_NOTES.md): gan 1.14 s
+    with this rule vs 1.24 s with XLA's everywhere but C_in <= 4, WGAN-GP 6.1 vs 6.7 s."""
+    return cin <= 64
 
 
 def _plain_conv(x, w, strides, pads, precision):
@@ -345,11 +356,21 @@ def _plain_conv(x, w, strides, pads, precision):
 #   VJP of DX at (dy, w), cotangent g :  (C(g, w),   DW(g, dy))
 #   VJP of DW at (x, dy), cotangent gw:  (DX(dy, gw), C(x, gw))
 # so gradients of any order (WGAN-GP's second order included) are built from these three
-# operations, each computed in its fastest form: C and DX are XLA's own convs, DW is
-# `_dw_gemm` (for the convs `_gemm_wgrad` routes here).
+# operations, each computed in its fastest form: C is XLA's own conv, DX of a strided conv is
+# computed by phases, DW of a thin layer by `_dw_gemm`.
 
 
-def _dx_xla(dy, w, x_shape, strides, pads, precision):
+def _dx_value(dy, w, x_shape, strides, pads, precision):
+    """Input gradient. Strided: a transposed conv computed by phases (`_phase_forward`); XLA's
+    own form convolves the stride-dilated dy, 3/4 of whose entries are zeros for stride 2, and
+    XLA:CPU runs that conv outside its fast library (HW6 critic: ~245 ms of a 1.43 s gan step).
+    Stride 1: XLA's own."""
+    if strides != (1, 1):
+        kh, kw = w.shape[:2]
+        tpads = tuple(lo for lo, _ in pads)
+        topads = tuple(x_shape[1 + a] - ((dy.shape[1 + a] - 1) * strides[a] - 2 * tpads[a] + k)
+                       for a, k in enumerate((kh, kw)))
+        return _phase_forward(dy, _flip_io(w), strides, tpads, topads, precision)
     zeros = jnp.zeros(x_shape, dy.dtype)
     return jax.vjp(lambda x_: _plain_conv(x_, w, strides, pads, precision), zeros)[1](dy)[0]
 
@@ -382,7 +403,7 @@ def _dw_gemm(x, dy, w_shape, strides, pads: Pads, precision):
 
 
 def _dw_value(x, dy, w_shape, strides, pads, precision):
-    if _gemm_wgrad(w_shape[2], w_shape[3], strides):
+    if _dw_by_gemm(w_shape[2]):
         return _dw_gemm(x, dy, w_shape, strides, pads, precision)
     zeros = jnp.zeros(w_shape, x.dtype)
     return jax.vjp(lambda w_: _plain_conv(x, w_, strides, pads, precision), zeros)[1](dy)[0]
@@ -406,7 +427,7 @@ def _conv_bwd(strides, pads, precision, res, dy):
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
 def _conv_dx(dy, w, x_shape, strides, pads, precision):
-    return _dx_xla(dy, w, x_shape, strides, pads, precision)
+    return _dx_value(dy, w, x_shape, strides, pads, precision)
 
 
 def _conv_dx_fwd(dy, w, x_shape, strides, pads, precision):
@@ -456,7 +477,7 @@ def conv2d(x: Array, kernel: Array, strides: IntOr2 = 1, padding: Any = "VALID",
     if isinstance(padding, str):
         padding = lax.padtype_to_pads(x.shape[1:3], kernel.shape[:2], strides, padding)
     pads = tuple((int(lo), int(hi)) for lo, hi in padding)
-    if _resolve_grad_impl(grad_impl) == "fast" and _gemm_wgrad(*kernel.shape[2:], strides):
+    if _resolve_grad_impl(grad_impl) == "fast" and _use_custom_vjp(*kernel.shape[2:], strides):
         return _conv(x, kernel, strides, pads, precision)
     return _plain_conv(x, kernel, strides, pads, precision)
 
@@ -501,7 +522,7 @@ class TorchConvTranspose(nn.Module):
         HW6 generator: (5, 2, 2, 1); classic DCGAN: (4, 2, 1, 0); both double H and W.
       use_bias: torch's `bias=`; DCGAN layers before batch norm use False.
       implementation: 'auto' | 'phase' | 'subpixel' | 'transpose'; same math, different speed.
-      grad_impl: 'auto' | 'fast' | 'xla': gradients of the sub-pixel conv (`conv2d`).
+      grad_impl: 'auto' | 'fast' | 'xla': how gradients are computed (`conv_transpose_torch`).
       dtype: compute dtype (e.g. jnp.bfloat16); None promotes from inputs and params.
       param_dtype: storage dtype of kernel and bias.
       kernel_init: DCGAN's N(0, 0.02) by default (Radford et al. 2015).

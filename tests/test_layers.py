@@ -62,11 +62,14 @@ def test_matches_flax_conv_transpose(k, s, p, op, use_bias):
         np.testing.assert_allclose(y, want, atol=1e-5, rtol=1e-5, err_msg=f"{impl} {hw}")
 
 
-@pytest.mark.parametrize("k,s,p,op", CONFIGS)
+# (2, 3, 0, 1): output_padding > padding, so the strided conv that the fast path's gradients
+# use has a negative (cropping) high pad.
+@pytest.mark.parametrize("k,s,p,op", CONFIGS + [(5, 3, 2, 2), (2, 3, 0, 1)])
 def test_kernel_gradients_match_flax(k, s, p, op):
     x, mod, params = _init(k, s, p, op, (7, 5), 3, 4, use_bias=True)
     ref = _ref_flax(k, s, p, op, 4)
-    cot = jnp.asarray(np.random.default_rng(7).standard_normal((2, 14, 10, 4)), jnp.float32)
+    out = jax.eval_shape(ref.apply, params, x)
+    cot = jnp.asarray(np.random.default_rng(7).standard_normal(out.shape), jnp.float32)
 
     def loss(apply):
         return lambda prm, xx: jnp.sum(apply(prm, xx) * cot)
@@ -158,6 +161,8 @@ CONV_CASES = [
     ("strided, asymmetric pads, input cropped", (8, 8), 5, 4, 4, 2, ((1, 2), (0, 1))),
     ("stride 1, SAME, wide output (the generator's sub-pixel convs)", (4, 4), 8, 128, 3, 1,
      "SAME"),
+    ("strided, 72 input channels: XLA's kernel gradient inside the custom VJPs", (6, 5), 72, 4,
+     4, 2, ((1, 1), (1, 1))),
 ]
 
 
@@ -204,7 +209,8 @@ def test_fast_conv_gradients_equal_flax_conv_to_second_order(case):
                           shapes)
     y = ref.apply(params, x)
     cot = jnp.asarray(rng.standard_normal(y.shape), jnp.float32)
-    assert layers._gemm_wgrad(cin, cout, (s, s))  # routed through the custom VJPs
+    assert layers._use_custom_vjp(cin, cout, (s, s))  # routed through the custom VJPs
+    assert layers._dw_by_gemm(cin) == (cin <= 64)
     want = _first_and_second_order(ref.apply, params, x, cot)
     got = _first_and_second_order(fast.apply, params, x, cot)
     _close(got[0], want[0], "output")
@@ -246,6 +252,6 @@ def test_conv_impl_is_chosen_per_backend_and_validated():
     assert layers.default_conv_impl("cpu") == "fast"
     assert layers.default_conv_impl("gpu") == layers.default_conv_impl("tpu") == "xla"
     # a narrow stride-1 conv keeps lax's own VJP
-    assert not layers._gemm_wgrad(8, 4, (1, 1))
+    assert not layers._use_custom_vjp(8, 4, (1, 1))
     with pytest.raises(ValueError, match="grad_impl"):
         layers.conv2d(jnp.zeros((1, 4, 4, 2)), jnp.zeros((3, 3, 2, 2)), grad_impl="im2col")
