@@ -31,8 +31,10 @@ Knobs for profiling jaxgan (monkeypatched here; jaxgan itself is not changed):
   --critic_loop auto|scan|unrolled     n_critic loop form
   --xla_flags "..."                    appended to XLA_FLAGS in the jaxgan workers
   --conv auto|fast|xla                 conv gradients (layers.default_conv_impl): 'fast' =
-                                       im2col kernel gradients + sub-pixel input gradients of
-                                       strided convs (auto on CPU), 'xla' = lax's own VJPs
+                                       input gradients of strided convs by output phase, GEMM
+                                       kernel gradients of thin layers, transposed convs as
+                                       adjoints of strided ones (auto on CPU); 'xla' = JAX's
+                                       own VJPs
   --variants jaxgan:upsample=transpose,jaxgan:conv=xla,...  extra jaxgan variants
 """
 from __future__ import annotations
