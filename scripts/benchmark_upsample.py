@@ -1,9 +1,11 @@
-"""Times the HW6 generator's x2 upsampling stack: sub-pixel vs transposed convolution.
+"""Times the HW6 generator's x2 upsampling stack: phase and sub-pixel vs transposed convolution.
 
 Forward + backward (grads w.r.t. kernels and input) of each torch
 ConvTranspose2d(k=5, s=2, p=2, output_padding=1, bias=False) layer at batch 64, and of the
-four layers chained, for both implementations in the same run; prints the ratio
-transpose / subpixel (> 1 means sub-pixel is faster).
+four layers chained, for the three implementations in the same run ('phase': the CPU default,
+one conv per output phase, gradients as the adjoint of a strided conv; 'subpixel': one stride-1
+conv + depth-to-space; 'transpose': lax's conv over the stride-dilated input); prints the ratios
+transpose / phase and transpose / subpixel (> 1 means faster than 'transpose').
 
     PYTHONPATH=. python scripts/benchmark_upsample.py [--batch 64] [--repeats 5]
 """
@@ -23,7 +25,7 @@ from jaxgan.layers import TorchConvTranspose
 # (H, C_in, C_out) of the HW6 generator's upsampling layers: 4x4x512 -> ... -> 64x64x3.
 LAYERS = [(4, 512, 256), (8, 256, 128), (16, 128, 64), (32, 64, 3)]
 K, S, P, OP = 5, 2, 2, 1
-IMPLS = ("subpixel", "transpose")
+IMPLS = ("phase", "subpixel", "transpose")
 
 
 def make_step(layers, impl):
@@ -68,13 +70,15 @@ def main():
     rng = np.random.default_rng(0)
     print(f"backend={jax.default_backend()} devices={jax.devices()} batch={args.batch} "
           f"k={K} s={S} p={P} op={OP}, forward+backward, median of {args.repeats}")
-    print(f"{'layer':<26}{'subpixel ms':>13}{'transpose ms':>14}{'ratio':>8}")
+    print(f"{'layer':<26}{'phase ms':>10}{'subpixel ms':>13}{'transpose ms':>14}"
+          f"{'t/phase':>9}{'t/subpixel':>12}")
     cases = [([(h, ci, co)], f"{h}x{h}x{ci}->{2 * h}x{2 * h}x{co}") for h, ci, co in LAYERS]
     cases.append((LAYERS, "stack (4 layers)"))
     for layers, name in cases:
         t = {impl: bench(layers, impl, args.batch, args.repeats, rng) for impl in IMPLS}
-        print(f"{name:<26}{1e3 * t['subpixel']:>13.1f}{1e3 * t['transpose']:>14.1f}"
-              f"{t['transpose'] / t['subpixel']:>7.1f}x")
+        print(f"{name:<26}{1e3 * t['phase']:>10.1f}{1e3 * t['subpixel']:>13.1f}"
+              f"{1e3 * t['transpose']:>14.1f}{t['transpose'] / t['phase']:>8.1f}x"
+              f"{t['transpose'] / t['subpixel']:>11.1f}x")
 
 
 if __name__ == "__main__":
