@@ -462,9 +462,12 @@ def _report(loss: str, workers, args) -> list[dict]:
         # speed ratios: > 1 means this variant is faster than the reference
         vs_torch = ref["torch-eager"] / t if "torch-eager" in ref else float("nan")
         vs_jax = base / t if base else float("nan")
+        def ratio(v, width):  # '-' where the reference variant was not run
+            return f"{v:>{width - 1}.2f}x" if v == v else f"{'-':>{width}}"
+
         line = (f"{w.name:<34}{1e3 * t:>9.0f}{ips:>8.1f}"
                 f"{(f'{comp:.1f}' if comp is not None else '-'):>10}{mem:>9.0f}{rise:>7.0f}"
-                f"{vs_torch:>14.2f}x{vs_jax:>9.2f}x")
+                f"{ratio(vs_torch, 15)}{ratio(vs_jax, 10)}")
         if args.peak_tflops and flops:
             mfu = flops / t / (args.peak_tflops * 1e12)
             row["mfu"] = mfu

@@ -1,0 +1,22 @@
+"""scripts/benchmark.py end to end on a tiny batch (jaxgan only: torch is a benchmark extra):
+it must keep running when the layers it times change."""
+
+import os
+import subprocess
+import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_benchmark_runs_the_hw6_step_and_reports_it():
+    cmd = [sys.executable, os.path.join(REPO, "scripts", "benchmark.py"), "--losses", "gan",
+           "--impls", "jaxgan", "--batch", "4", "--repeats", "1", "--steps", "1",
+           "--num_images", "8", "--warmup", "0"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    row = next(line for line in out.stdout.splitlines() if line.startswith("jaxgan "))
+    fields = row.split()
+    assert float(fields[1]) > 0  # ms/step
+    assert fields[6] == "-" and fields[7] == "1.00x"  # no torch row to compare with
+    assert "upsample=phase conv=fast" in out.stdout  # the CPU defaults were timed
