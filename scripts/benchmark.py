@@ -435,6 +435,11 @@ def main(argv=None) -> int:
     return 0
 
 
+def _ratio(v: float, width: int) -> str:
+    """A speed ratio column; '-' where the reference variant was not run (nan)."""
+    return f"{v:>{width - 1}.2f}x" if v == v else f"{'-':>{width}}"
+
+
 def _report(loss: str, workers, args) -> list[dict]:
     n_critic = 5 if loss == "wgan-gp" else 1
     flops = next((w.info.get("flops") for w in workers if w.info.get("flops")), None)
@@ -462,12 +467,9 @@ def _report(loss: str, workers, args) -> list[dict]:
         # speed ratios: > 1 means this variant is faster than the reference
         vs_torch = ref["torch-eager"] / t if "torch-eager" in ref else float("nan")
         vs_jax = base / t if base else float("nan")
-        def ratio(v, width):  # '-' where the reference variant was not run
-            return f"{v:>{width - 1}.2f}x" if v == v else f"{'-':>{width}}"
-
         line = (f"{w.name:<34}{1e3 * t:>9.0f}{ips:>8.1f}"
                 f"{(f'{comp:.1f}' if comp is not None else '-'):>10}{mem:>9.0f}{rise:>7.0f}"
-                f"{ratio(vs_torch, 15)}{ratio(vs_jax, 10)}")
+                f"{_ratio(vs_torch, 15)}{_ratio(vs_jax, 10)}")
         if args.peak_tflops and flops:
             mfu = flops / t / (args.peak_tflops * 1e12)
             row["mfu"] = mfu
