@@ -301,8 +301,9 @@ def _phase_conv_transpose(x, kernel, strides, pads, opads, precision, grad_impl)
 #   * input gradients of strided convs: XLA convolves the stride-dilated dy (3/4 zeros for
 #     stride 2) in a generic conv outside YNNPACK. Here they are transposed convs computed by
 #     output phase (`_dx_value`), no multiplies by zeros.
-#   * kernel gradients of thin layers (the critic's first two, <= 64 input channels): a few
-#     GEMMs over shifted windows of the space-to-depth input (`_dw_gemm`).
+#   * kernel gradients of thin layers (<= 64 input channels: the critic's first two; also the
+#     generator's last two read backwards, where the two forms tie in the step): a few GEMMs
+#     over shifted windows of the space-to-depth input (`_dw_gemm`).
 #   * WGAN-GP's second order: the penalty differentiates the input gradient of each strided
 #     conv once more w.r.t. the kernel, which XLA derives as a kernel-gradient conv over the
 #     stride-dilated dy. Here it is a kernel gradient like any other (the VJP table below);
