@@ -67,8 +67,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.g_noise = False         # per-layer noise injection in G (StyleGAN, Karras et al. 2019)
     c.model.z_categories = 0        # K > 0: G's input is a K-way categorical code (read off z's
                                     # first coordinate) plus the other z_dim - 1 Gaussian ones, so
-                                    # G may jump between disjoint modes (InfoGAN's categorical code
-                                    # without its MI term; DeLiGAN, GM-GAN); 0: off
+                                    # G may jump between disjoint modes (InfoGAN's categorical code;
+                                    # DeLiGAN, GM-GAN); 0: off
 
     c.loss = ml_collections.ConfigDict()
     c.loss.name = "gan"             # gan | wgan | wgan-gp | hinge | ssgan (semi-supervised:
@@ -77,6 +77,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.loss.generator = "non_saturating"  # gan only: non_saturating (-log D(G(z))) or minimax
     c.loss.gp_weight = 10.0         # wgan-gp lambda (Gulrajani et al. 2017)
     c.loss.clip = 0.01              # wgan weight clipping c (Arjovsky et al. 2017)
+    c.loss.info_weight = 0.0        # InfoGAN lambda (Chen et al. 2016; 1 in the paper): a Q head
+                                    # on the critic reads the model.z_categories code back and G
+                                    # and Q minimise its cross-entropy, so G gives each category
+                                    # its own mode (on MNIST: its own digit); 0: off
     c.loss.r1_weight = 0.0          # gamma of the R1 penalty gamma/2 E||grad D(x)||^2 on real data
                                     # (Mescheder et al. 2018), any loss; 0: off
 
@@ -310,6 +314,18 @@ def validate(config) -> None:
     if int(c.model.z_categories) and int(c.model.z_dim) < 2:
         raise ConfigError("model.z_categories reads the category off z's first coordinate and "
                           "keeps the others Gaussian: set model.z_dim >= 2")
+    if float(c.loss.info_weight) < 0:
+        raise ConfigError(f"loss.info_weight={c.loss.info_weight}; use 0 (off) or a weight "
+                          "such as 1")
+    if float(c.loss.info_weight) > 0:
+        if int(c.model.z_categories) < 2:
+            raise ConfigError("loss.info_weight reads back G's categorical code: set "
+                              "model.z_categories (e.g. 10)")
+        if (int(c.model.pack) > 1 or int(c.model.num_classes) or c.loss.name == "ssgan"
+                or int(c.train.replay_size)):  # a replayed fake's code is not known
+            raise ConfigError("loss.info_weight (InfoGAN) needs an unconditional, unpacked "
+                              "critic that sees fresh fakes: model.num_classes=0, model.pack=1, "
+                              "train.replay_size=0, not loss.name='ssgan'")
     for side in ("g", "d"):
         o = c.optim[side]
         if o.name not in ("adam", "rmsprop"):

@@ -106,6 +106,14 @@ def feature_matching_loss(real_features: Array, fake_features: Array) -> Array:
     return jnp.mean(jnp.square(diff))
 
 
+def info_loss(code_logits: Array, codes: Array) -> Array:
+    """InfoGAN's mutual-information term for a categorical code (Chen et al. 2016): the
+    cross-entropy E[-log Q(c | G(z, c))] of the code c: int[B] behind each fake. Minimising it
+    over G and Q maximises a lower bound on I(c; G(z, c)) (up to the constant H(c))."""
+    logp = jax.nn.log_softmax(_f32(code_logits), axis=-1)
+    return -jnp.mean(jnp.take_along_axis(logp, codes[:, None], axis=-1))
+
+
 @dataclasses.dataclass(frozen=True)
 class Loss:
     critic: Callable[[Array, Array], Array]

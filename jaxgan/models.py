@@ -187,13 +187,27 @@ def categorical_code(z, categories: int):
     """
     if not categories:
         return z
-    u = jax.scipy.stats.norm.cdf(z[:, 0].astype(jnp.float32))
-    k = jnp.clip(jnp.floor(u * categories).astype(jnp.int32), 0, categories - 1)
+    k = category_of(z, categories)
     # sqrt(K): after G's first (LeCun-initialised) layer a category moves the features as much as
     # a unit Gaussian input would, so categories start as separate clusters (DeLiGAN's means)
     # rather than as small offsets the continuous part drowns.
     code = jax.nn.one_hot(k, categories, dtype=z.dtype) * math.sqrt(categories)
     return jnp.concatenate([code, z[:, 1:]], axis=-1)
+
+
+def category_of(z, categories: int):
+    """int32[B]: the category k = floor(K Phi(z_0)) that `categorical_code` gives each row of z."""
+    u = jax.scipy.stats.norm.cdf(z[:, 0].astype(jnp.float32))
+    return jnp.clip(jnp.floor(u * categories).astype(jnp.int32), 0, categories - 1)
+
+
+def info_head(features, codes: int, dtype):
+    """InfoGAN's Q (Chen et al. 2016): logits f32[B, codes] of the categorical code behind a
+    sample, read off the critic's last features (FC 128 - LeakyReLU - FC, the paper's MNIST
+    head; the convolutions are shared with the critic)."""
+    h = features.reshape((features.shape[0], -1)).astype(dtype)
+    h = nn.leaky_relu(nn.Dense(128, dtype=dtype, name="info_hidden")(h), 0.2)
+    return nn.Dense(codes, dtype=dtype, name="info_logits")(h).astype(jnp.float32)
 
 
 def noise_keys(module: nn.Module, z, on: bool):
@@ -249,9 +263,11 @@ class MLPDiscriminator(nn.Module):
     spectral_norm: bool = False  # every Dense spectrally normalised (critic_layer)
     mbstd: int = 0              # minibatch-stddev group size before the last layer (0: off)
     pack: int = 1               # PacGAN: one logit per pack of consecutive examples
+    info_codes: int = 0         # > 0: InfoGAN's Q head over that many categories (info_head)
 
     @nn.compact
-    def __call__(self, x, train: bool = True, labels=None):
+    def __call__(self, x, train: bool = True, labels=None, with_code: bool = False):
+        """logits f32[B / pack]; with_code: (logits, Q's code logits f32[B, info_codes])."""
         _check_pack(self, labels)
         x = x.reshape((x.shape[0], -1)).astype(self.dtype)
         x = pack_examples(x, self.pack)
@@ -267,8 +283,20 @@ class MLPDiscriminator(nn.Module):
             x = minibatch_stddev(x, self.mbstd)
         out = critic_layer(nn.Dense(1, dtype=self.dtype), x, train, self.spectral_norm)
         out = out.astype(jnp.float32)[:, 0]
-        return out + projection(features, labels,
-                                self.num_classes if self.cond == "projection" else 0)
+        out = out + projection(features, labels,
+                               self.num_classes if self.cond == "projection" else 0)
+        return with_info(out, features, self.info_codes, with_code, self.dtype)
+
+
+def with_info(out, features, codes: int, with_code: bool, dtype):
+    """A critic's return value: out, or (out, Q's logits) when asked. The head is built whenever
+    the critic has one (so `init` creates its parameters), asked for or not."""
+    q = info_head(features, codes, dtype) if codes else None
+    if not with_code:
+        return out
+    if q is None:
+        raise ValueError("with_code=True needs a critic with an InfoGAN head (info_codes > 0)")
+    return out, q
 
 
 def _check_pack(critic, labels) -> None:
@@ -339,9 +367,11 @@ class DCGANDiscriminator(nn.Module):
     spectral_norm: bool = False  # every conv spectrally normalised (critic_layer)
     mbstd: int = 0              # minibatch-stddev group size before the last conv (0: off)
     pack: int = 1               # PacGAN: one logit per pack of consecutive examples
+    info_codes: int = 0         # > 0: InfoGAN's Q head over that many categories (info_head)
 
     @nn.compact
-    def __call__(self, x, train: bool = True, labels=None):
+    def __call__(self, x, train: bool = True, labels=None, with_code: bool = False):
+        """logits f32[B / pack]; with_code: (logits, Q's code logits f32[B, info_codes])."""
         _check_pack(self, labels)
         base = config_lib.image_base(self.image_size)
         n_down = int(round(math.log2(self.image_size // base)))
@@ -367,8 +397,9 @@ class DCGANDiscriminator(nn.Module):
                        conv_general_dilated=layers.conv_general_dilated)
         x = critic_layer(conv, x, train, self.spectral_norm)
         out = x.astype(jnp.float32).reshape((x.shape[0],))
-        return out + projection(features, labels,
-                                self.num_classes if self.cond == "projection" else 0)
+        out = out + projection(features, labels,
+                               self.num_classes if self.cond == "projection" else 0)
+        return with_info(out, features, self.info_codes, with_code, self.dtype)
 
 
 def data_shape(config) -> tuple[int, ...]:
@@ -384,6 +415,13 @@ def num_classes(config) -> int:
     if config.loss.name == "ssgan":
         return 0
     return int(config.model.get("num_classes", 0))
+
+
+def info_codes(config) -> int:
+    """Categories InfoGAN's Q head reads back (0: no head; recipes saved before the key)."""
+    if float(config.loss.get("info_weight", 0.0)) > 0:
+        return int(config.model.z_categories)
+    return 0
 
 
 def compute_dtype(config):
@@ -410,7 +448,8 @@ def build(config, dtype=None) -> tuple[nn.Module, nn.Module]:
             "categories": int(m.get("z_categories", 0))}
     d_kw = {"num_classes": k, "cond": m.get("d_cond", "projection"),
             "spectral_norm": bool(m.get("d_spectral_norm", False)),
-            "mbstd": int(m.get("d_mbstd", 0)), "pack": int(m.get("pack", 1))}
+            "mbstd": int(m.get("d_mbstd", 0)), "pack": int(m.get("pack", 1)),
+            "info_codes": info_codes(config)}
     if m.arch == "mlp":
         g = MLPGenerator(out_shape=shape, hidden=tuple(m.hidden), norm=m.g_norm,
                          tanh=not config_lib.is_mixture(config), dtype=dtype, **g_kw)

@@ -19,22 +19,24 @@ import optax
 from jaxgan import augment as augment_lib
 from jaxgan import data as data_lib
 from jaxgan import losses as losses_lib
+from jaxgan import models as models_lib
 from jaxgan import state as state_lib
 from jaxgan.state import GANState
 
 
 def apply_fn(model) -> Callable:
-    """(params, stats, x, train, labels=None, rng=None) -> (out, new_stats); stats thread through
-    batch norm; labels int32[B] condition a class-conditional model (None otherwise); rng feeds
-    the model's 'noise' stream (noise layers), for models that have one."""
+    """(params, stats, x, train, labels=None, rng=None, **kwargs) -> (out, new_stats); stats
+    thread through batch norm; labels int32[B] condition a class-conditional model (None
+    otherwise); rng feeds the model's 'noise' stream (noise layers), for models that have one;
+    kwargs go to the model (with_code=True: a critic's InfoGAN head too)."""
 
-    def apply(params, stats, x, train: bool, labels=None, rng=None):
+    def apply(params, stats, x, train: bool, labels=None, rng=None, **kwargs):
         v = state_lib.variables(params, stats)
         rngs = {} if rng is None else {"noise": rng}
         if not train:
-            return model.apply(v, x, train=False, labels=labels, rngs=rngs), stats
+            return model.apply(v, x, train=False, labels=labels, rngs=rngs, **kwargs), stats
         out, mutated = model.apply(v, x, train=True, labels=labels, mutable=["batch_stats"],
-                                   rngs=rngs)
+                                   rngs=rngs, **kwargs)
         return out, mutated.get("batch_stats", stats)
 
     return apply
@@ -68,6 +70,19 @@ def make_train_step(generator, critic, g_tx, d_tx, config,
     old_every = int(config.train.get("old_critic_every", 0))
     replay_size = int(config.train.get("replay_size", 0))
     n_replayed = int(float(config.train.get("replay_fraction", 0.5)) * batch)
+    info_weight = float(config.loss.get("info_weight", 0.0))
+    categories = int(config.model.get("z_categories", 0))
+
+    def critic_on_fakes(d_params, d_stats, fake, z, labels):
+        """(critic outputs, stats, InfoGAN term and metrics: {} without loss.info_weight)."""
+        if not info_weight:
+            out, stats = d_apply(d_params, d_stats, fake, True, labels)
+            return out, stats, 0.0, {}
+        (out, q), stats = d_apply(d_params, d_stats, fake, True, labels, with_code=True)
+        codes = models_lib.category_of(z, categories)
+        info = losses_lib.info_loss(q, codes)
+        accuracy = jnp.mean(jnp.argmax(q, axis=-1) == codes)
+        return out, stats, info_weight * info, {"info": info, "info_accuracy": accuracy}
 
     def g_rng(key):
         """The generator's 'noise' stream (model.g_noise); None keeps noise-free recipes as
@@ -104,10 +119,12 @@ def make_train_step(generator, critic, g_tx, d_tx, config,
 
         def loss_fn(d_params):
             real_out, stats = d_apply(d_params, state.d_stats, real, True, labels)
-            fake_out, stats = d_apply(d_params, stats, fake, True, labels)
-            value = loss.critic(real_out, fake_out)
+            fake_out, stats, info, info_metrics = critic_on_fakes(d_params, stats, fake, z,
+                                                                  labels)
+            value = loss.critic(real_out, fake_out) + info  # Q learns with the critic
             metrics = {"d/real": jnp.mean(real_out), "d/fake": jnp.mean(fake_out),
-                       "d/wasserstein": jnp.mean(real_out) - jnp.mean(fake_out)}
+                       "d/wasserstein": jnp.mean(real_out) - jnp.mean(fake_out),
+                       **{f"d/{k}": v for k, v in info_metrics.items()}}
             if loss.penalty:  # one eps per pack: a packed critic's input is the whole pack
                 eps = jnp.repeat(jax.random.uniform(k_eps, (batch // pack,)), pack)
                 xhat = losses_lib.interpolate(real, fake, eps)
@@ -148,11 +165,12 @@ def make_train_step(generator, critic, g_tx, d_tx, config,
             fake, g_stats = g_apply(g_params, state.g_stats, z, True, labels,
                                     rng=g_rng(jax.random.fold_in(k_g, 2)))
             fake = augment(aug_key(step_key, n_critic), fake)
-            out, new_d_stats = d_apply(d_params, d_stats, fake, True, labels)
-            return loss.generator(out, form), (g_stats, new_d_stats)
+            out, new_d_stats, info, info_metrics = critic_on_fakes(d_params, d_stats, fake, z,
+                                                                   labels)
+            return loss.generator(out, form) + info, (g_stats, new_d_stats, info_metrics)
 
-        (value, (g_stats, d_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            state.g_params)
+        (value, (g_stats, d_stats, info_metrics)), grads = jax.value_and_grad(
+            loss_fn, has_aux=True)(state.g_params)
         updates, g_opt = g_tx.update(grads, state.g_opt, state.g_params)
         history = state.history
         if old_every:  # the live critic's statistics stay its own; refresh the snapshot
@@ -162,7 +180,8 @@ def make_train_step(generator, critic, g_tx, d_tx, config,
                 refresh, {"params": state.d_params, "stats": d_stats}, history["critic"])}
         state = state.replace(g_params=optax.apply_updates(state.g_params, updates),
                               g_stats=g_stats, d_stats=d_stats, g_opt=g_opt, history=history)
-        metrics = {"g/loss": value, "g/grad_norm": optax.tree.norm(grads)}
+        metrics = {"g/loss": value, "g/grad_norm": optax.tree.norm(grads),
+                   **{f"g/{k}": v for k, v in info_metrics.items()}}
         if old_every:
             metrics["g/old_critic"] = jnp.float32(use_old)
         return state, metrics

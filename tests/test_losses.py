@@ -109,3 +109,12 @@ def test_r1_penalty_against_analytic_critics():
     # differentiable w.r.t. the critic's parameters (the step takes that gradient)
     g = jax.grad(lambda w: losses.r1_penalty(lambda x: x @ w, x))(w)
     np.testing.assert_allclose(g, 2 * np.asarray(w), rtol=1e-6)
+
+
+def test_info_loss_hand_computed():
+    """InfoGAN's cross-entropy of the code: -mean log softmax(q)[c]."""
+    q = jnp.array([[0.0, math.log(3.0)], [0.0, 0.0], [-1e4, 1e4]])
+    codes = jnp.array([1, 0, 1])
+    want = np.mean([-math.log(3 / 4), math.log(2.0), 0.0])  # the last is certain and right
+    assert float(losses.info_loss(q, codes)) == pytest.approx(want, rel=1e-6)
+    assert np.isfinite(float(losses.info_loss(q, jnp.array([1, 0, 0]))))  # certain and wrong
