@@ -14,8 +14,12 @@ and appends it to DIR/eval.jsonl. Metric groups (`--metrics`, default by dataset
               classifier)
   classifier  classifier/fd, classifier/score (+_std), classifier/classes_covered,
               classifier/class_kl, classifier/confident (share of samples the classifier reads
-              as one class with probability >= 0.9); stacked_mnist: classifier/fd on
-              per-channel features
+              as one class with probability >= 0.9), and on the classifier's features
+              classifier/precision, recall, density, coverage (Kynkaenniemi et al. 2019; Naeem
+              et al. 2020, `prdc`, k = 5, against 10000 real): precision and density are
+              fidelity, recall and coverage diversity, so a generator that is sure to please
+              the classifier by repeating a few digits shows up; stacked_mnist: classifier/fd
+              on per-channel features
   fid, is, kid  with the FID Inception weights (`--inception FILE.pth|DIR`)
   accuracy    semi-supervised runs (loss.name='ssgan', the default for them): accuracy/test, the
               critic's classification accuracy on the dataset's test split
@@ -49,11 +53,15 @@ STACKED = "stacked_mnist"
 EVAL_FILE = "eval.jsonl"
 CHUNK = 5000            # images per feature-extraction chunk: memory bound for any N
 KID_REFERENCE = 10000   # real Inception features kept in the cache for KID
+PRDC_REFERENCE = 10000  # real classifier features kept for precision/recall/density/coverage
+PRDC_NEAREST_K = 5      # Naeem et al. 2020's k for 10000 real and 10000 generated samples
 
 # Which way is better, for keeping the best checkpoint.
 LOWER_IS_BETTER = frozenset({"fid", "kid", "classifier/fd", "classifier/class_kl", "modes/kl",
                              "modes/reverse_kl"})
 HIGHER_IS_BETTER = frozenset({"is", "classifier/score", "classifier/confident",
+                              "classifier/precision", "classifier/recall",
+                              "classifier/density", "classifier/coverage",
                               "classifier/classes_covered", "accuracy/test",
                               "modes/covered", "modes/captured", "modes/high_quality"})
 
@@ -239,12 +247,15 @@ class Evaluator:
             d = Path(stats_dir) if stats_dir else (base or Path.cwd()) / "stats"
             path = d / _stats_name("classifier", self.config)
             fp = classifier.meta.get("fingerprint", "")
-            self._cls_ref = self._cached_stats(path, fp, self._classifier_real_stats)
+            self._cls_ref = self._cached_stats(path, fp, self._classifier_real_stats,
+                                               required=("features",))
 
     def _classifier_real_stats(self) -> dict:
         feats, _ = self.classifier.features(self._real_images(), self.classifier_batch_size)
         mu, sigma = fid_lib.statistics(feats)
-        return {"mu": mu, "sigma": sigma, "num": len(feats)}
+        keep = np.sort(np.random.RandomState(0).permutation(len(feats))[:PRDC_REFERENCE])
+        return {"mu": mu, "sigma": sigma, "num": len(feats),
+                "features": np.asarray(feats[keep], np.float32)}
 
     def _setup_inception(self, inception, stats_dir, batch_size: int, download: bool) -> None:
         from jaxgan.metrics import inception as inc
@@ -275,13 +286,14 @@ class Evaluator:
         mu, sigma = moments.result()
         return {"mu": mu, "sigma": sigma, "num": len(images), "features": np.concatenate(kept)}
 
-    def _cached_stats(self, path: Path, fp: str, compute) -> dict:
-        """Reference statistics from `path` when made by the same network, else computed and
-        written there (atomically; a read-only location only costs a recomputation later)."""
+    def _cached_stats(self, path: Path, fp: str, compute, required=()) -> dict:
+        """Reference statistics from `path` when made by the same network (and holding the
+        `required` keys: caches written before a key was added are recomputed), else computed
+        and written there (atomically; a read-only location only costs a recomputation later)."""
         if path.exists():
             try:
                 with np.load(path) as f:
-                    if str(f["fingerprint"]) == fp:
+                    if str(f["fingerprint"]) == fp and set(required) <= set(f.files):
                         return {k: f[k] for k in f.files}
             except Exception:  # damaged cache: recompute below
                 pass
@@ -363,6 +375,7 @@ class Evaluator:
             m = clf_lib.class_metrics(classes, self.classifier.label_hist)
             out.update({"classifier/score": score, "classifier/score_std": std,
                         "classifier/confident": clf_lib.confident_share(logits)})
+            out.update(fidelity_diversity(self._cls_ref["features"], feats))
             out.update({f"classifier/{k}": v for k, v in m.items()})
         return out
 
@@ -377,6 +390,23 @@ class Evaluator:
         return {"num_samples": len(pts), "modes/captured": m["modes"],
                 "modes/num_modes": m["num_modes"], "modes/high_quality": m["high_quality"],
                 "modes/reverse_kl": m["reverse_kl"], "modes/spread": m["spread"]}
+
+
+def fidelity_diversity(real: np.ndarray, fake: np.ndarray) -> dict[str, float]:
+    """classifier/{precision, recall, density, coverage} of fake features against real ones
+    (`prdc`, k = PRDC_NEAREST_K; at most PRDC_REFERENCE of each). Recall and coverage grow with
+    the number of generated samples: compare runs at the same --num."""
+    import contextlib
+    import io
+
+    from prdc import compute_prdc
+    fake = np.asarray(fake[:PRDC_REFERENCE], np.float32)
+    k = min(PRDC_NEAREST_K, len(real) - 1, len(fake) - 1)
+    if k < 1:
+        return {}
+    with contextlib.redirect_stdout(io.StringIO()):  # prdc prints the sample counts
+        m = compute_prdc(np.asarray(real, np.float32), fake, nearest_k=k)
+    return {f"classifier/{name}": float(v) for name, v in m.items()}
 
 
 def evaluate(config, samples, metrics: str | Sequence[str] | None = None, *,

@@ -123,6 +123,15 @@ def test_classifier_metrics_real_vs_collapsed_and_cached_reference(digits, digit
     assert collapsed["classifier/class_kl"] > 1.5
     assert collapsed["classifier/fd"] > 10 * max(on_real["classifier/fd"], 1e-3)
     assert collapsed["classifier/score"] < 2
+    # real digits against real digits: as faithful and as diverse as the data
+    assert on_real["classifier/precision"] > 0.95 and on_real["classifier/recall"] > 0.95
+    assert on_real["classifier/coverage"] > 0.95
+    # ten real digits, one per class, each repeated: every sample is a real digit (precision 1),
+    # but the rest of the data is not covered (recall, coverage)
+    few = real.images[[int(np.argmax(real.labels == k)) for k in range(10)]]
+    repeated = evaluator(np.repeat(few, 100, axis=0))
+    assert repeated["classifier/precision"] == 1.0
+    assert repeated["classifier/recall"] < 0.1 and repeated["classifier/coverage"] < 0.1
     # a second evaluator reads the cache instead of the data
     again = ev.Evaluator(config, "classifier", classifier=digits_clf, stats_dir=tmp_path)
     np.testing.assert_array_equal(again._cls_ref["mu"], mu)
