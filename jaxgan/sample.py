@@ -1,7 +1,8 @@
 """`python -m jaxgan.sample --workdir DIR [--step S] [--num N] [--seed K] --out FILE.{png,npz}`
 
 Restores only the generator (parameters and batch-norm statistics) and the recipe from the
-checkpoint. For a class-conditional run `--labels 0,1,...,9` writes one grid row per class. `.png` writes a grid; `.npz` writes `images` uint8[N, H, W, C] (or `points` f32[N, 2]
+checkpoint. For a class-conditional run `--labels 0,1,...,9` writes one grid row per class; for
+a run with a categorical code (`model.z_categories`, InfoGAN) one row per category. `.png` writes a grid; `.npz` writes `images` uint8[N, H, W, C] (or `points` f32[N, 2]
 for 2D mixtures).
 """
 from __future__ import annotations
@@ -55,32 +56,52 @@ def balanced_labels(num: int, num_classes: int, start: int = 0) -> np.ndarray | 
     return ((start + np.arange(num)) % num_classes).astype(np.int32)
 
 
-def request_labels(num: int, labels, num_classes: int) -> np.ndarray | None:
+def request_labels(num: int, labels, num_classes: int, categories: int = 0) -> np.ndarray | None:
     """The class of each requested sample: `labels` repeated num // len(labels) times each (one
-    grid row per class), or classes in turn (n % K) without `labels`; None if unconditional."""
+    grid row per class), or classes in turn (n % K) without `labels`; None if unconditional.
+    An unconditional run with a categorical code (model.z_categories) takes `labels` as
+    categories."""
     if not num_classes:
-        if labels:
-            raise SampleError("--labels needs a class-conditional run (model.num_classes > 0)")
-        return None
-    if not labels:
+        if not labels:
+            return None
+        if not categories:
+            raise SampleError("--labels needs a class-conditional run (model.num_classes > 0) "
+                              "or one with a categorical code (model.z_categories > 0)")
+        num_classes = categories
+    elif not labels:
         return balanced_labels(num, num_classes)
     bad = [y for y in labels if not 0 <= y < num_classes]
     if bad:
-        raise SampleError(f"--labels has {bad[0]}; this run has classes 0..{num_classes - 1}")
+        kind = "classes" if num_classes != categories else "categories"
+        raise SampleError(f"--labels has {bad[0]}; this run has {kind} 0..{num_classes - 1}")
     per = max(1, num // len(labels))
     return np.repeat(np.asarray(labels, np.int32), per)
 
 
+def with_category(z: np.ndarray, categories: np.ndarray, k: int) -> np.ndarray:
+    """z with its first coordinate moved into category `categories[i]` of `k` (the inverse of
+    models.category_of): Phi(z_0) is mapped from [0, 1] into [c / k, (c + 1) / k], so the sample
+    stays a function of its z and its category."""
+    from scipy.special import ndtr, ndtri
+    z = np.array(z, np.float64)
+    u = (np.asarray(categories) + np.clip(ndtr(z[:, 0]), 1e-3, 1 - 1e-3)) / k
+    z[:, 0] = ndtri(u)
+    return z.astype(np.float32)
+
+
 def generate_labelled(workdir: str, num: int, seed: int = 0, step: int | None = None,
                       labels=None, batch_size: int = 500):
-    """(config, samples, labels): `generate` for conditional runs too (labels None otherwise).
+    """(config, samples, labels): `generate` for conditional runs too (labels None otherwise;
+    `labels` of a categorical-code run pick categories and are not returned).
 
     With `labels` (class ids) the result has num // len(labels) samples of each, in order.
     """
     if num < 1:
         raise SampleError(f"--num={num}; ask for at least one sample")
     config, generator, g, _ = load_generator(workdir, step)
-    ys = request_labels(num, labels, models.num_classes(config))
+    k = models.num_classes(config)
+    categories = 0 if k else int(config.model.get("z_categories", 0))
+    ys = request_labels(num, labels, k, categories)
     num = num if ys is None else len(ys)
     sampler = jax.jit(step_lib.make_sampler(generator))
     z_dim = int(config.model.z_dim)
@@ -91,9 +112,12 @@ def generate_labelled(workdir: str, num: int, seed: int = 0, step: int | None = 
         y = None
         if ys is not None:  # pad the last batch so every call has the compiled shape
             y = np.resize(ys[i:i + batch_size], batch_size).astype(np.int32)
+        if categories and y is not None:  # unconditional G: the category is part of z
+            z, y = with_category(np.asarray(z), y, categories), None
         x = np.asarray(sampler(g["params"], g["stats"], z, y))[: num - i]
         out.append(x if config_lib.is_mixture(config) else images_lib.to_uint8(x))
-    return config, np.concatenate(out), ys
+    # categories are not classes: no labels for .npz (evaluate would score them as classes)
+    return config, np.concatenate(out), None if categories else ys
 
 
 def write(path: str, config, samples: np.ndarray, labels=None, per_row: int | None = None) -> None:
@@ -124,8 +148,9 @@ def main(argv=None) -> int:
     flags.DEFINE_integer("num", 64, "Number of samples.")
     flags.DEFINE_integer("seed", 0, "Noise seed.")
     flags.DEFINE_string("out", "samples.png", "Output file: .png grid or .npz arrays.")
-    flags.DEFINE_string("labels", "", "Conditional runs: comma-separated classes, one grid row "
-                        "each with --num / (number of classes) samples (e.g. 0,1,2,3,4,5,6,7,8,9).")
+    flags.DEFINE_string("labels", "", "Conditional runs: comma-separated classes (or categories "
+                        "of model.z_categories), one grid row each with --num / (number of "
+                        "classes) samples (e.g. 0,1,2,3,4,5,6,7,8,9).")
 
     def _main(argv):
         logging.set_verbosity(logging.WARNING)

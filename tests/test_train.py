@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -228,6 +229,33 @@ def test_conditional_run_samples_one_row_per_requested_class(tmp_path):
     assert grid.shape[0] * cells(2) == grid.shape[1] * cells(10)  # training: 10 class rows of 2
     with pytest.raises(sample_lib.SampleError, match="classes 0..9"):
         sample_lib.generate_labelled(str(tmp_path), 4, labels=[10])
+
+
+def test_with_category_moves_z_into_the_requested_category_and_keeps_the_rest():
+    from jaxgan import models
+    z = np.asarray(jax.random.normal(jax.random.PRNGKey(0), (5000, 3)))
+    want = np.random.RandomState(0).randint(0, 7, 5000)
+    moved = sample_lib.with_category(z, want, 7)
+    np.testing.assert_array_equal(models.category_of(jnp.asarray(moved), 7), want)
+    np.testing.assert_array_equal(moved[:, 1:], z[:, 1:])
+    # within a category, z_0's order is kept: the sample is still a function of its z
+    same = want == 3
+    assert np.all(np.diff(moved[same, 0][np.argsort(z[same, 0])]) >= 0)
+
+
+def test_categorical_code_run_samples_one_row_per_requested_category(tmp_path):
+    """--labels picks InfoGAN categories of an unconditional run; they are not written as class
+    labels (evaluate would score them as digits)."""
+    c = tiny_ring_config(**{"model.z_dim": 3, "model.z_categories": 4, "loss.info_weight": 1.0})
+    train_lib.train_and_evaluate(c, str(tmp_path), progress=False)
+    config, points, labels = sample_lib.generate_labelled(str(tmp_path), 6, labels=[3, 1])
+    assert points.shape == (6, 2) and labels is None
+    _, again = sample_lib.generate(str(tmp_path), 6)
+    assert not np.array_equal(points, again)  # the categories were imposed on the same z
+    with pytest.raises(sample_lib.SampleError, match="categories 0..3"):
+        sample_lib.generate_labelled(str(tmp_path), 4, labels=[4])
+    with pytest.raises(sample_lib.SampleError, match="model.z_categories > 0"):
+        sample_lib.request_labels(4, [1], num_classes=0, categories=0)
 
 
 def test_conditional_recipe_checks_the_datasets_labels(tmp_path):
