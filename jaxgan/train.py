@@ -27,6 +27,7 @@ from jaxgan import images as images_lib
 from jaxgan import models
 from jaxgan import optim
 from jaxgan import plots
+from jaxgan import sample as sample_lib
 from jaxgan import state as state_lib
 from jaxgan import step as step_lib
 
@@ -305,11 +306,19 @@ def train_and_evaluate(config, workdir: str, progress: bool = True, log=print):
 
     sampler = jax.jit(step_lib.make_sampler(generator))
     grid_labels = None
+    categories = int(config.model.z_categories)
     if num_classes:  # one row per class, the same noise in every row
         per_row = max(1, int(config.train.num_grid) // num_classes)
         grid_labels = np.repeat(np.arange(num_classes, dtype=np.int32), per_row)
         grid_z = jnp.tile(state_lib.grid_noise(state.key, per_row, int(config.model.z_dim)),
                           (num_classes, 1))
+    elif 0 < categories <= int(config.train.num_grid) // 4 and not dataset.is_mixture:
+        # a categorical code (InfoGAN): one row per category, the same noise in every row
+        per_row = int(config.train.num_grid) // categories
+        grid_labels = np.repeat(np.arange(categories, dtype=np.int32), per_row)
+        noise = np.tile(np.asarray(state_lib.grid_noise(state.key, per_row,
+                                                        int(config.model.z_dim))), (categories, 1))
+        grid_z = jnp.asarray(sample_lib.with_category(noise, grid_labels, categories))
     else:
         grid_z = state_lib.grid_noise(state.key, int(config.train.num_grid),
                                       int(config.model.z_dim))

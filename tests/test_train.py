@@ -258,6 +258,21 @@ def test_categorical_code_run_samples_one_row_per_requested_category(tmp_path):
         sample_lib.request_labels(4, [1], num_classes=0, categories=0)
 
 
+def test_categorical_code_run_grids_show_one_row_per_category(tmp_path):
+    """The progress grid of an InfoGAN image run: 4 categories, 24 images: 4 rows of 6 (a plain
+    grid of 24 is 5 rows of 5), each row with the same noise in its own category."""
+    c = tiny_image_config(**{"model.z_categories": 4, "loss.info_weight": 1.0,
+                             "train.steps": 2, "train.sample_every": 2, "train.num_grid": 24,
+                             "train.checkpoint_every": 2})
+    train_lib.train_and_evaluate(c, str(tmp_path), progress=False)
+    grid = np.asarray(__import__("PIL.Image", fromlist=["Image"]).open(
+        tmp_path / "samples" / "step_0000002.png"))
+    cells = lambda n: n * (16 + 2) + 2  # noqa: E731
+    assert grid.shape[0] * cells(6) == grid.shape[1] * cells(4)  # 4 rows of 6
+    _, rows, _ = sample_lib.generate_labelled(str(tmp_path), 8, labels=[0, 3])
+    assert not np.array_equal(rows[:4], rows[4:])
+
+
 def test_conditional_recipe_checks_the_datasets_labels(tmp_path):
     with pytest.raises(config_lib.ConfigError, match="labels up to 9; set model.num_classes=10"):
         train_lib.train_and_evaluate(tiny_image_config(**{"model.num_classes": 5}),
