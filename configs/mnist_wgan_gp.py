@@ -12,8 +12,8 @@ steps; at 32x32 FD 23 after 1000 steps (BUILD_NOTES.md).
 G also draws a 10-way categorical code that a Q head on the critic reads back (InfoGAN's
 mutual-information term, Chen et al. 2016, lambda 1) and learns at InfoGAN's 1e-3 (the critic at
 2e-4). At 2000 steps (10000 samples) the code alone took the classifier FD from 16.5 to
-10.1-11.9 and the confident share from 43% to 56% (two seeds); with the faster G, FD 3.3, 69%
-confident, coverage 0.70 (0.39-0.40 plain) and recall 0.88 (0.91 plain), one seed
+10.1-11.9 and the confident share from 43% to 56% (two seeds); with the faster G, FD 3.3, 69-71%
+confident, coverage 0.70 (0.39-0.40 plain) and recall 0.88 (0.91 plain), two seeds
 (BUILD_NOTES.md, session 8). `jaxgan.sample --labels 0,1,...,9` shows what each category
 became. For the paper's plain WGAN-GP set `--config.loss.info_weight=0
 --config.model.z_categories=0 --config.optim.g.lr=2e-4`.
