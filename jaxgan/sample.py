@@ -61,18 +61,18 @@ def request_labels(num: int, labels, num_classes: int, categories: int = 0) -> n
     grid row per class), or classes in turn (n % K) without `labels`; None if unconditional.
     An unconditional run with a categorical code (model.z_categories) takes `labels` as
     categories."""
+    kind = "classes"
     if not num_classes:
         if not labels:
             return None
         if not categories:
             raise SampleError("--labels needs a class-conditional run (model.num_classes > 0) "
                               "or one with a categorical code (model.z_categories > 0)")
-        num_classes = categories
+        num_classes, kind = categories, "categories"
     elif not labels:
         return balanced_labels(num, num_classes)
     bad = [y for y in labels if not 0 <= y < num_classes]
     if bad:
-        kind = "classes" if num_classes != categories else "categories"
         raise SampleError(f"--labels has {bad[0]}; this run has {kind} 0..{num_classes - 1}")
     per = max(1, num // len(labels))
     return np.repeat(np.asarray(labels, np.int32), per)

@@ -71,15 +71,15 @@ def make_train_step(generator, critic, g_tx, d_tx, config,
     replay_size = int(config.train.get("replay_size", 0))
     n_replayed = int(float(config.train.get("replay_fraction", 0.5)) * batch)
     info_weight = float(config.loss.get("info_weight", 0.0))
-    categories = int(config.model.get("z_categories", 0))
+    info_codes = models_lib.info_codes(config)  # the critic has a Q head iff > 0
 
     def critic_on_fakes(d_params, d_stats, fake, z, labels):
         """(critic outputs, stats, InfoGAN term and metrics: {} without loss.info_weight)."""
-        if not info_weight:
+        if not info_codes:
             out, stats = d_apply(d_params, d_stats, fake, True, labels)
             return out, stats, 0.0, {}
         (out, q), stats = d_apply(d_params, d_stats, fake, True, labels, with_code=True)
-        codes = models_lib.category_of(z, categories)
+        codes = models_lib.category_of(z, info_codes)
         info = losses_lib.info_loss(q, codes)
         accuracy = jnp.mean(jnp.argmax(q, axis=-1) == codes)
         return out, stats, info_weight * info, {"info": info, "info_accuracy": accuracy}

@@ -307,18 +307,16 @@ def train_and_evaluate(config, workdir: str, progress: bool = True, log=print):
     sampler = jax.jit(step_lib.make_sampler(generator))
     grid_labels = None
     categories = int(config.model.z_categories)
-    if num_classes:  # one row per class, the same noise in every row
-        per_row = max(1, int(config.train.num_grid) // num_classes)
-        grid_labels = np.repeat(np.arange(num_classes, dtype=np.int32), per_row)
+    if not 0 < categories <= int(config.train.num_grid) // 4 or dataset.is_mixture:
+        categories = 0  # too many for rows of 4+, or points: a plain grid
+    rows = num_classes or categories
+    if rows:  # one row per class (or category of the code), the same noise in every row
+        per_row = max(1, int(config.train.num_grid) // rows)
+        grid_labels = np.repeat(np.arange(rows, dtype=np.int32), per_row)
         grid_z = jnp.tile(state_lib.grid_noise(state.key, per_row, int(config.model.z_dim)),
-                          (num_classes, 1))
-    elif 0 < categories <= int(config.train.num_grid) // 4 and not dataset.is_mixture:
-        # a categorical code (InfoGAN): one row per category, the same noise in every row
-        per_row = int(config.train.num_grid) // categories
-        grid_labels = np.repeat(np.arange(categories, dtype=np.int32), per_row)
-        noise = np.tile(np.asarray(state_lib.grid_noise(state.key, per_row,
-                                                        int(config.model.z_dim))), (categories, 1))
-        grid_z = jnp.asarray(sample_lib.with_category(noise, grid_labels, categories))
+                          (rows, 1))
+        if not num_classes:  # an unconditional G's category is part of its z (InfoGAN)
+            grid_z = jnp.asarray(sample_lib.with_category(np.asarray(grid_z), grid_labels, rows))
     else:
         grid_z = state_lib.grid_noise(state.key, int(config.train.num_grid),
                                       int(config.model.z_dim))
