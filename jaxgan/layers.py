@@ -301,9 +301,9 @@ def _phase_conv_transpose(x, kernel, strides, pads, opads, precision, grad_impl)
 #   * input gradients of strided convs: XLA convolves the stride-dilated dy (3/4 zeros for
 #     stride 2) in a generic conv outside YNNPACK. Here they are transposed convs computed by
 #     output phase (`_dx_value`), no multiplies by zeros.
-#   * kernel gradients of thin layers (<= 64 input channels: the critic's first two; also the
-#     generator's last two read backwards, where the two forms tie in the step): a few GEMMs
-#     over shifted windows of the space-to-depth input (`_dw_gemm`).
+#   * kernel gradients of thin layers (`DW_GEMM_MAX_CIN`: the critic's first layer, and on
+#     Intel CPUs every layer of <= 64 input channels): a few GEMMs over shifted windows of the
+#     space-to-depth input (`_dw_gemm`).
 #   * WGAN-GP's second order: the penalty differentiates the input gradient of each strided
 #     conv once more w.r.t. the kernel, which XLA derives as a kernel-gradient conv over the
 #     stride-dilated dy. Here it is a kernel gradient like any other (the VJP table below);
@@ -342,11 +342,34 @@ def _use_custom_vjp(cin: int, cout: int, strides: tuple[int, int]) -> bool:
     return cin <= 4 or strides != (1, 1) or cout >= 128
 
 
+def _cpu_vendor() -> str:
+    """'GenuineIntel', 'AuthenticAMD', ... from /proc/cpuinfo; '' where there is none."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("vendor_id"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
+
+
+def _default_dw_gemm_max_cin() -> int:
+    """Widest input (in channels) whose kernel gradient `_dw_gemm` computes; wider layers use
+    XLA's backward-filter conv. Which is faster depends on the CPU. HW6 steps, same process,
+    alternating calls (BUILD_NOTES.md, "Speed and scale"): on an AVX-512 Intel Xeon (session 7)
+    <= 64 beat <= 4, gan 1.14 vs 1.24 s, WGAN-GP 6.1 vs 6.7 s; on an AVX-512 AMD EPYC
+    (session 9) <= 4 beat <= 64, gan 1.26 vs 1.48 s, WGAN-GP 5.8 vs 6.2 s."""
+    return 64 if _cpu_vendor() == "GenuineIntel" else 4
+
+
+DW_GEMM_MAX_CIN = _default_dw_gemm_max_cin()
+
+
 def _dw_by_gemm(cin: int) -> bool:
-    """Kernel gradient by `_dw_gemm` rather than XLA's backward-filter conv: layers with <= 64
-    input channels. HW6 step, same process, alternating calls (BUILD_NOTES.md): gan 1.14 s
-    with this rule vs 1.24 s with XLA's everywhere but C_in <= 4, WGAN-GP 6.1 vs 6.7 s."""
-    return cin <= 64
+    """Kernel gradient by `_dw_gemm` rather than XLA's backward-filter conv: thin layers (the
+    critic's first layer everywhere; up to 64 channels on Intel, see above)."""
+    return cin <= DW_GEMM_MAX_CIN
 
 
 def _plain_conv(x, w, strides, pads, precision):

@@ -35,7 +35,10 @@ Knobs for profiling jaxgan (monkeypatched here; jaxgan itself is not changed):
                                        kernel gradients of thin layers, transposed convs as
                                        adjoints of strided ones (auto on CPU); 'xla' = JAX's
                                        own VJPs
-  --variants jaxgan:upsample=transpose,jaxgan:conv=xla,...  extra jaxgan variants
+  --variants jaxgan:upsample=transpose,jaxgan:conv=xla,...  extra jaxgan variants; keys:
+                                       upsample, critic_loop, xla_flags, conv, dw_gemm_max_cin
+                                       (layers.DW_GEMM_MAX_CIN: widest input whose kernel
+                                       gradient is computed by GEMMs)
 """
 from __future__ import annotations
 
@@ -99,6 +102,8 @@ def _jax_worker(spec: dict, send) -> None:
         layers.default_upsample_impl = lambda backend: spec["upsample"]
     if spec.get("conv", "auto") != "auto":
         layers.default_conv_impl = lambda backend: spec["conv"]
+    if spec.get("dw_gemm_max_cin"):
+        layers.DW_GEMM_MAX_CIN = int(spec["dw_gemm_max_cin"])
     dtype = jnp.bfloat16 if spec["dtype"] == "bfloat16" else jnp.float32
     c = _hw6_config(spec["loss"], spec["batch"], spec["critic_loop"])
     config_lib.validate(c)
@@ -125,7 +130,8 @@ def _jax_worker(spec: dict, send) -> None:
             "device_kind": jax.devices()[0].device_kind,
             "loop": step_lib.loop_kind(c.train.critic_loop),
             "upsample": layers.default_upsample_impl(jax.default_backend()),
-            "conv": layers.default_conv_impl(jax.default_backend())}
+            "conv": layers.default_conv_impl(jax.default_backend()),
+            "dw_gemm_max_cin": layers.DW_GEMM_MAX_CIN}
     if spec["count_flops"]:
         info["flops"] = _model_flops(c, dtype, state, data)
     for _ in range(spec["warmup"]):
@@ -418,6 +424,7 @@ def main(argv=None) -> int:
                     "critic_loop": kv.get("critic_loop", args.critic_loop),
                     "xla_flags": kv.get("xla_flags", args.xla_flags),
                     "conv": kv.get("conv", args.conv),
+                    "dw_gemm_max_cin": kv.get("dw_gemm_max_cin"),
                     "count_flops": count_flops and impl == "jaxgan" and not kv}
             w = Worker(_label(impl, kv), sys.executable if impl == "jaxgan" else torch_python,
                        spec, env, log)
@@ -485,7 +492,7 @@ def _report(loss: str, workers, args) -> list[dict]:
         if "loop" in w.info:
             i = w.info
             extra.append(f"{w.name}: {i['backend']} x{i['devices']} loop={i['loop']} "
-                         f"upsample={i['upsample']} conv={i['conv']} trace+lower {i['trace_lower_s']:.1f}s "
+                         f"upsample={i['upsample']} conv={i['conv']} dw_gemm<={i['dw_gemm_max_cin']} trace+lower {i['trace_lower_s']:.1f}s "
                          f"+ XLA {w.info['xla_compile_s']:.1f}s")
         if w.times:
             extra.append(f"{w.name}: ms/step per repeat "

@@ -210,7 +210,7 @@ def test_fast_conv_gradients_equal_flax_conv_to_second_order(case):
     y = ref.apply(params, x)
     cot = jnp.asarray(rng.standard_normal(y.shape), jnp.float32)
     assert layers._use_custom_vjp(cin, cout, (s, s))  # routed through the custom VJPs
-    assert layers._dw_by_gemm(cin) == (cin <= 64)
+    assert layers._dw_by_gemm(cin) == (cin <= layers.DW_GEMM_MAX_CIN)
     want = _first_and_second_order(ref.apply, params, x, cot)
     got = _first_and_second_order(fast.apply, params, x, cot)
     _close(got[0], want[0], "output")
