@@ -19,8 +19,8 @@ coverage 0.72 -> 0.78, recall 0.88 -> 0.89, 75-77% confident (two seeds; session
 classifier). Trained for 4000 steps instead of 2000 (the decay stretched over them; twice the
 CPU time) it reaches FD 0.66-0.89 and 85-86% confident digits, precision 0.89-0.90, recall
 0.89-0.90, coverage 0.88 (two seeds, session 10; real 32x32 digits: 93%, 0.95, 0.94, 0.96), so
-4000 is the default; with
-`--config.train.steps=2000` the schedule decays over 2000 steps (the numbers above).
+4000 is the default; with `--config.train.steps=2000` the schedule decays over 2000 steps (the
+numbers above).
 `jaxgan.sample --labels 0,1,...,9` shows what each category became. For the paper's plain
 WGAN-GP set `--config.loss.info_weight=0 --config.model.z_categories=0
 --config.optim.g.lr=2e-4 --config.optim.d.lr=2e-4`.
