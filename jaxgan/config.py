@@ -102,7 +102,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.augment = ""            # DiffAugment policy for every critic input, e.g.
                                     # "color,translation,cutout" (Zhao et al. 2020); "": none
     c.train.ema_decay = 0.0         # EMA of G's weights and BN statistics for samples, grids,
-                                    # evaluation and the saved generator (0: off; try 0.999)
+                                    # evaluation and the saved generator (0: off; try 0.999);
+                                    # the decay ramps as (1+t)/(10+t) up to this value, which it
+                                    # reaches at t ~ 10/(1-decay): 0.999 after ~9000 steps
     c.train.old_critic_every = 0    # K > 0: every K-th generator update is made against the
                                     # critic as it was K steps before (a snapshot refreshed every
                                     # K steps: "go back to an old D"); 0: off
