@@ -88,6 +88,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.optim.g = _adam(2e-4, 0.5, 0.999)   # DCGAN (Radford et al. 2016)
     c.optim.d = _adam(2e-4, 0.5, 0.999)
     c.optim.schedule = "constant"   # learning rates: constant, linear (to 0 at train.steps) or cosine
+    c.optim.decay_steps = 0         # a schedule decays over max(train.steps, this) generator
+                                    # updates: a shorter run stops part way down a recipe's decay
 
     c.train = ml_collections.ConfigDict()
     c.train.steps = 2000            # generator updates
@@ -365,6 +367,9 @@ def validate(config) -> None:
                               "critic: set train.replay_size=0 with model.num_classes")
     if c.optim.schedule not in SCHEDULES:
         raise ConfigError(f"optim.schedule={c.optim.schedule!r}; choose one of {', '.join(SCHEDULES)}")
+    if int(c.optim.decay_steps) < 0:
+        raise ConfigError(f"optim.decay_steps={c.optim.decay_steps}; use 0 (decay over "
+                          "train.steps) or a positive number of generator updates")
     if c.loss.name == "wgan" and not float(c.loss.clip) > 0:
         raise ConfigError(f"loss.clip={c.loss.clip}; wgan needs a positive clipping bound")
     if is_mixture(c):

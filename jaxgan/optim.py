@@ -54,9 +54,20 @@ def optimizer(cfg, schedule: str = "constant",
     raise ValueError(f"unknown optimizer {cfg.name!r}")
 
 
+def decay_steps(config) -> int:
+    """Generator updates over which a schedule decays: the run, or optim.decay_steps if longer.
+
+    A recipe can fix the horizon so that a shorter run (a smaller train.steps) stops part way
+    down the same schedule, exactly where the full run was at that step, instead of decaying
+    twice as fast; resuming it with the full train.steps then finishes the full run. A longer
+    run stretches the decay over all its steps.
+    """
+    return max(int(config.optim.decay_steps), int(config.train.steps))
+
+
 def make(config) -> tuple[optax.GradientTransformation, optax.GradientTransformation]:
     """(generator_tx, critic_tx) for a recipe; the critic makes n_critic updates per step."""
-    steps, schedule = int(config.train.steps), config.optim.schedule
+    steps, schedule = decay_steps(config), config.optim.schedule
     g_tx = optimizer(config.optim.g, schedule, steps)
     d_tx = optimizer(config.optim.d, schedule, steps * int(config.train.n_critic))
     if LOSSES[config.loss.name].clip:

@@ -133,6 +133,8 @@ CASES = {
                               r"num_classes needs a labelled image dataset; 'ring'"),
     "bad lr schedule": (recipe(**{"optim.schedule": "step"}),
                         r"optim.schedule='step'; choose one of constant, linear, cosine"),
+    "negative decay steps": (recipe(**{"optim.decay_steps": -1}),
+                             r"optim.decay_steps=-1; use 0 \(decay over train.steps\)"),
     "ema decay 1": (recipe(**{"train.ema_decay": 1.0}), r"train.ema_decay=1.0; use 0 \(off\)"),
     "ema decay negative": (recipe(**{"train.ema_decay": -0.5}), r"train.ema_decay=-0.5"),
     "wgan clip 0": (recipe(**{"loss.name": "wgan", "loss.clip": 0.0}),

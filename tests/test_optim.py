@@ -66,3 +66,20 @@ def test_linear_schedule_decays_each_optimizer_to_zero_over_its_own_updates():
             sizes.append(-float(u["w"][0]))
         want = [2e-4 * (1 - k / total) for k in range(total)]
         np.testing.assert_allclose(sizes, want, rtol=1e-4, atol=1e-9)
+
+
+def test_decay_steps_make_a_short_run_follow_the_long_runs_schedule():
+    """With optim.decay_steps=4 a 2-step run takes the first two rates of a 4-step decay."""
+    c = base_config()
+    c.optim.schedule = "linear"
+    c.train.steps, c.train.n_critic, c.optim.decay_steps = 2, 1, 4
+    g_tx, _ = optim.make(c)
+    p = {"w": jnp.array([1.0])}
+    s = g_tx.init(p)
+    sizes = []
+    for _ in range(4):
+        u, s = g_tx.update({"w": jnp.array([0.5])}, s, p)
+        sizes.append(-float(u["w"][0]))
+    np.testing.assert_allclose(sizes, [2e-4 * (1 - k / 4) for k in range(4)], rtol=1e-4, atol=1e-9)
+    c.train.steps = 8                   # a longer run stretches the decay over all its steps
+    assert optim.decay_steps(c) == 8
