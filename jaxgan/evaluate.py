@@ -228,7 +228,8 @@ class Evaluator:
     def _setup_classifier(self, classifier, stats_dir) -> None:
         if classifier is None or isinstance(classifier, (str, os.PathLike)):
             path = default_classifier_path(self.config.data.name) if classifier is None else classifier
-            classifier = clf_lib.load_classifier(path)
+            classifier = clf_lib.load_classifier(
+                path, "mnist" if self.stacked else self.config.data.name)
             base = clf_lib.classifier_file(path).parent
         else:
             base = None

@@ -74,8 +74,10 @@ def test_save_load_round_trip(trained, tmp_path):
 
 
 def test_missing_or_damaged_classifier_names_the_fix(tmp_path):
-    with pytest.raises(clf_lib.ClassifierError, match="train-classifier"):
+    with pytest.raises(clf_lib.ClassifierError, match="--dataset mnist --data_dir DIR"):
         clf_lib.load_classifier(tmp_path / "nothing")
+    with pytest.raises(clf_lib.ClassifierError, match="--dataset fashion_mnist --data_dir DIR"):
+        clf_lib.load_classifier(tmp_path / "nothing", "fashion_mnist")
     bad = tmp_path / "bad.npz"
     bad.write_bytes(b"not a zip")
     with pytest.raises(clf_lib.ClassifierError, match="not a readable classifier"):

@@ -260,7 +260,7 @@ def test_error_paths_raise_one_line_cli_errors(tmp_path, monkeypatch, ring_workd
     with pytest.raises(ckpt_lib.CheckpointError, match="no checkpoints") as e:
         ev.run_evaluation(workdir=str(tmp_path / "empty"))
     errors.append(e.value)
-    with pytest.raises(clf_lib.ClassifierError, match="train-classifier --dataset mnist") as e:
+    with pytest.raises(clf_lib.ClassifierError, match="train-classifier --dataset digits --out") as e:
         ev.Evaluator(config)  # default classifier path under the (empty) cache dir
     errors.append(e.value)
     with pytest.raises(FileNotFoundError, match="pt_inception-2015-12-05") as e:

@@ -177,13 +177,18 @@ def classifier_file(path: str | os.PathLike) -> Path:
     return p if p.suffix == ".npz" else p / CLASSIFIER_FILENAME
 
 
-def load_classifier(path: str | os.PathLike) -> Classifier:
-    """Reads a classifier written by `Classifier.save` (a `.npz` file or its directory)."""
+def load_classifier(path: str | os.PathLike, dataset: str = "mnist") -> Classifier:
+    """Reads a classifier written by `Classifier.save` (a `.npz` file or its directory).
+
+    `dataset` only shapes the hint when there is none: the command that trains one for it
+    (scikit-learn's digits ship offline, TFDS datasets need their data_dir).
+    """
     p = classifier_file(path)
     if not p.exists():
+        data_dir = "" if dataset == "digits" else " --data_dir DIR"
         raise ClassifierError(
             f"no classifier at {p}; train one with `python -m jaxgan.evaluate train-classifier "
-            f"--dataset mnist --data_dir DIR --out {Path(path).expanduser()}`")
+            f"--dataset {dataset}{data_dir} --out {Path(path).expanduser()}`")
     try:
         with np.load(p, allow_pickle=False) as data:
             meta = json.loads(str(data["meta"]))
