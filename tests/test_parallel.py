@@ -105,7 +105,9 @@ def runs(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("parallel"))
     env = dict(os.environ, JAXGAN_TESTS=TESTS, JAX_PLATFORMS="cpu",
                PYTHONPATH=os.pathsep.join([REPO, os.environ.get("PYTHONPATH", "")]))
-    env.pop("XLA_FLAGS", None)  # a stray --xla_force_host_platform_device_count would win
+    # -O0 like the rest of the suite; this also drops a stray
+    # --xla_force_host_platform_device_count, which would win over jax_num_cpu_devices
+    env["XLA_FLAGS"] = "--xla_backend_optimization_level=0"
     proc = subprocess.run(
         [sys.executable, "-c", WORKER, out, json.dumps(RECIPES), str(STEPS), json.dumps(DEVICES)],
         env=env, capture_output=True, text=True, timeout=600)
