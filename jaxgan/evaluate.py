@@ -226,16 +226,15 @@ class Evaluator:
         return self._real
 
     def _setup_classifier(self, classifier, stats_dir) -> None:
+        expected = "mnist" if self.stacked else self.config.data.name  # what it must be trained on
         if classifier is None or isinstance(classifier, (str, os.PathLike)):
-            path = default_classifier_path(self.config.data.name) if classifier is None else classifier
-            classifier = clf_lib.load_classifier(
-                path, "mnist" if self.stacked else self.config.data.name)
+            path = default_classifier_path(expected) if classifier is None else classifier
+            classifier = clf_lib.load_classifier(path, expected)
             base = clf_lib.classifier_file(path).parent
         else:
             base = None
         self.classifier = classifier
         trained_on = classifier.meta.get("dataset") or ""
-        expected = "mnist" if self.stacked else self.config.data.name
         if trained_on and trained_on != expected:
             raise EvaluateError(
                 f"the classifier was trained on {trained_on!r} but the samples are "

@@ -11,8 +11,9 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 # LLVM -O0 for the tests and their subprocesses: the suite is mostly XLA:CPU compiling tiny
 # programs, and LLVM's optimizer is most of that; numerics are checked with tolerances or against
 # runs under the same flags. Measured on 2 cores: 773 s -> 562 s (BUILD_NOTES.md, "Test suite
-# time"). A user's own XLA_FLAGS wins.
-os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0")
+# time"). A user's own XLA_FLAGS wins, except in the subprocesses that set their own.
+TEST_XLA_FLAGS = "--xla_backend_optimization_level=0"
+os.environ.setdefault("XLA_FLAGS", TEST_XLA_FLAGS)
 
 import pytest  # noqa: E402
 

@@ -24,6 +24,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+from conftest import TEST_XLA_FLAGS
 from jaxgan import distributed
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -52,7 +53,7 @@ def _env(**extra):
     # Both runs compile at LLVM -O0 (XLA:CPU spends seconds optimizing random initializers;
     # partitioning and collectives are HLO passes, the same at every level); this also drops a
     # stray --xla_force_host_platform_device_count, which would win over JAXGAN_LOCAL_DEVICES.
-    env["XLA_FLAGS"] = "--xla_backend_optimization_level=0"
+    env["XLA_FLAGS"] = TEST_XLA_FLAGS
     for k in ("JAXGAN_COORDINATOR", "JAXGAN_NUM_PROCESSES", "JAXGAN_PROCESS_ID"):
         if k not in extra:
             env.pop(k, None)

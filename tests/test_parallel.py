@@ -31,6 +31,8 @@ import sys
 import numpy as np
 import pytest
 
+from conftest import TEST_XLA_FLAGS
+
 TESTS = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(TESTS)
 STEPS = 2
@@ -107,7 +109,7 @@ def runs(tmp_path_factory):
                PYTHONPATH=os.pathsep.join([REPO, os.environ.get("PYTHONPATH", "")]))
     # -O0 like the rest of the suite; this also drops a stray
     # --xla_force_host_platform_device_count, which would win over jax_num_cpu_devices
-    env["XLA_FLAGS"] = "--xla_backend_optimization_level=0"
+    env["XLA_FLAGS"] = TEST_XLA_FLAGS
     proc = subprocess.run(
         [sys.executable, "-c", WORKER, out, json.dumps(RECIPES), str(STEPS), json.dumps(DEVICES)],
         env=env, capture_output=True, text=True, timeout=600)
