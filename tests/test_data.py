@@ -174,6 +174,21 @@ def test_folder_errors_are_clear(tmp_path):
 # ----------------------------------------------------------------------------- stacked MNIST
 
 
+def test_digits_are_scikit_learns_with_or_without_its_import(monkeypatch):
+    """digits_arrays reads load_digits' own CSV without importing scikit-learn (a 2 s import);
+    where that file cannot be found it calls load_digits. Both give load_digits' arrays."""
+    from sklearn.datasets import load_digits
+    expected = load_digits()
+    images, labels = data_lib.digits_arrays()
+    np.testing.assert_array_equal(images, expected.images)
+    np.testing.assert_array_equal(labels, expected.target)
+    assert images.shape == (1797, 8, 8) and labels.dtype == np.int32
+    monkeypatch.setattr(data_lib.importlib.util, "find_spec", lambda name: None)
+    images, labels = data_lib.digits_arrays()
+    np.testing.assert_array_equal(images, expected.images)
+    np.testing.assert_array_equal(labels, expected.target)
+
+
 def test_stacked_mnist_labels_and_channels(tmp_path):
     digits = np.arange(10, dtype=np.uint8)[:, None, None, None] * np.ones((1, 4, 4, 1), np.uint8)
     ds = data_lib.stack_digits(digits, np.arange(10), 2000, seed=3)
