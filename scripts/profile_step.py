@@ -1,0 +1,189 @@
+"""Where the HW6 training step's time goes: a jax.profiler trace summed by XLA operation.
+
+    python scripts/profile_step.py                    # gan, batch 64, f32, 3 profiled steps
+    python scripts/profile_step.py --loss wgan-gp --steps 1 --top 30
+
+The step is the one `scripts/benchmark.py` times (configs/hw6_anime.py, random resident uint8
+images, the layers' CPU defaults). After compiling and --warmup steps, --steps calls run under
+`jax.profiler.trace` (XLA:CPU emits one event per thunk with --xla_cpu_enable_xprof_traceme,
+which this script adds to XLA_FLAGS). Printed per step:
+
+  * wall time, and the events' summed time (above wall where operations overlap on threads);
+  * time by kind of operation: `ynn_fusion` are XLA:CPU's calls into YNNPACK (convolutions and
+    dots), the other names are XLA's own fusions (elementwise, normalisation, optimizer, copies);
+  * the slowest operations with their convolution or dot shapes, FLOPs (2 x output elements x
+    contraction length, from the compiled HLO) and the GFLOP/s they ran at, and the FLOP rate of
+    all convolutions and dots together, to set against the CPU's peak (a large f32 / bf16 matmul
+    is timed for that reference: `--peak_matmul`).
+
+CPU only: GPU traces name kernels, not HLO operations (use the benchmark's MFU there).
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import glob
+import gzip
+import json
+import math
+import os
+import re
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+
+
+def _shape(text: str) -> list[int]:
+    m = re.match(r"\w+\[([\d,]*)\]", text)
+    return [int(x) for x in m.group(1).split(",") if x] if m else []
+
+
+def fused_op_flops(hlo: str) -> dict[str, tuple[float, str]]:
+    """{fusion name: (FLOPs, description)} for every fusion whose body holds a convolution or
+    a dot. Convolution FLOPs: 2 x output elements x kernel spatial taps x input channels
+    (HWIO kernels, as every conv here); dot: 2 x output elements x contraction length."""
+    out = {}
+    bodies = {m.group(1): m.group(2) for m in re.finditer(
+        r"\n%?([\w.\-]+) [^\n{]*\{\n(.*?)\n\}", hlo, re.S)}
+    for m in re.finditer(r"\n\s*%?([\w.\-]+) = [^\n]* fusion\([^\n]*calls=%?([\w.\-]+)", hlo):
+        name, body = m.group(1), bodies.get(m.group(2), "")
+        params = {p.group(1): _shape(p.group(2)) for p in re.finditer(
+            r"%?([\w.\-]+) = (\w+\[[\d,]*\])\S* parameter\(", body)}
+        flops, desc = 0.0, []
+        for line in body.split("\n"):
+            conv = re.search(r"= (\w+\[[\d,]*\])\S* convolution\(%?([\w.\-]+), %?([\w.\-]+)\)",
+                             line)
+            if conv:
+                y, x, w = _shape(conv.group(1)), params.get(conv.group(2)), params.get(conv.group(3))
+                window = re.search(r"window=\{([^}]*)\}", line)
+                if w:
+                    flops += 2.0 * math.prod(y) * math.prod(w[:-1])
+                desc.append(f"conv {x}*{w}->{y} {window.group(1) if window else ''}")
+            dot = re.search(r"= (\w+\[[\d,]*\])\S* dot\(%?([\w.\-]+), %?([\w.\-]+)\).*"
+                            r"lhs_contracting_dims=\{([\d,]*)\}", line)
+            if dot:
+                y, a = _shape(dot.group(1)), params.get(dot.group(2))
+                k = math.prod(a[int(i)] for i in dot.group(4).split(",") if i) if a else 0
+                flops += 2.0 * math.prod(y) * k
+                desc.append(f"dot {a}*{params.get(dot.group(3))}->{y}")
+        if desc:
+            out[name] = (flops, "; ".join(desc))
+    return out
+
+
+def _peak_matmul(dtype_name: str, n: int = 2048) -> float:
+    """GFLOP/s of an n x n x n matmul in this dtype (f32 accumulation), median of 5."""
+    import jax
+    import jax.numpy as jnp
+    dtype = jnp.bfloat16 if dtype_name == "bfloat16" else jnp.float32
+    a = jnp.ones((n, n), dtype)
+    f = jax.jit(lambda a, b: jnp.dot(a, b, preferred_element_type=jnp.float32))
+    f(a, a).block_until_ready()
+    times = []
+    for _ in range(5):
+        t = time.perf_counter()
+        f(a, a).block_until_ready()
+        times.append(time.perf_counter() - t)
+    return 2.0 * n ** 3 / sorted(times)[2] / 1e9
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--loss", choices=("gan", "wgan-gp"), default="gan")
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+    p.add_argument("--steps", type=int, default=3, help="profiled steps")
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--top", type=int, default=20, help="slowest operations to list")
+    p.add_argument("--peak_matmul", action="store_true",
+                   help="also time a 2048^3 matmul in f32 and bf16 (the CPU's GEMM rate)")
+    p.add_argument("--json", help="also write the per-operation table here")
+    args = p.parse_args(argv)
+
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                               + " --xla_cpu_enable_xprof_traceme=true").strip()
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    sys.path.insert(0, REPO)
+    sys.path.insert(0, HERE)
+    from benchmark import _hw6_config
+    from jaxgan import models, optim
+    from jaxgan import state as state_lib, step as step_lib
+
+    if jax.default_backend() != "cpu":
+        print("error: profile_step.py reads XLA:CPU thunk events; run it on CPU", file=sys.stderr)
+        return 2
+    c = _hw6_config(args.loss, args.batch, "auto")
+    dtype = jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32
+    n_img = 4 * args.batch
+    g, d = models.build(c, dtype=dtype)
+    g_tx, d_tx = optim.make(c)
+    create = jax.jit(lambda: state_lib.create(int(c.seed), g, d, g_tx, d_tx, int(c.model.z_dim),
+                                              models.data_shape(c), n_img))
+    state = create.lower().compile({"xla_backend_optimization_level": 0})()
+    data = {"images": jax.device_put(np.random.default_rng(0).integers(
+        0, 256, (n_img, 64, 64, 3), dtype=np.uint8))}
+    step = jax.jit(step_lib.make_train_step(g, d, g_tx, d_tx, c), donate_argnums=0)
+    step = step.lower(state, data).compile()
+    ops = fused_op_flops(step.as_text())
+    for _ in range(args.warmup):
+        state, _ = step(state, data)
+    jax.block_until_ready(state)
+
+    trace_dir = tempfile.mkdtemp(prefix="jaxgan-profile-")
+    with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
+        t0 = time.perf_counter()
+        for _ in range(args.steps):
+            state, _ = step(state, data)
+            jax.block_until_ready(state)
+        wall = (time.perf_counter() - t0) / args.steps
+    [path] = glob.glob(os.path.join(trace_dir, "**", "*.trace.json.gz"), recursive=True)
+    with gzip.open(path) as f:
+        events = [e for e in json.load(f)["traceEvents"] if e.get("ph") == "X"]
+
+    per_op = collections.Counter()
+    for e in events:
+        name = e["name"]
+        if name.startswith("$") or "ThunkExecutor" in name or "Await" in name or "(" in name:
+            continue  # python frames, executor bookkeeping, jit dispatch
+        per_op[name] += e["dur"] / 1e3 / args.steps  # ms per step
+    by_kind = collections.Counter()
+    for name, ms in per_op.items():
+        by_kind[re.sub(r"\.\d+$", "", name)] += ms
+    summed = sum(per_op.values())
+    print(f"# HW6 {args.loss}, batch {args.batch}, {args.dtype}, {jax.device_count()} CPU "
+          f"device(s), {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}; {args.steps} "
+          f"profiled step(s)")
+    print(f"wall {wall * 1e3:.0f} ms/step; events summed over threads {summed:.0f} ms/step")
+    print("\n## by kind (ms/step, share of the summed events)")
+    for kind, ms in by_kind.most_common(12):
+        print(f"{ms:9.1f}  {100 * ms / summed:5.1f}%  {kind}")
+    conv_ms = sum(ms for name, ms in per_op.items() if name in ops)
+    conv_flops = sum(ops[name][0] for name in per_op if name in ops)
+    print(f"\nconvolutions and dots: {conv_ms:.0f} ms/step, {conv_flops / 1e9:.1f} GFLOP, "
+          f"{conv_flops / max(conv_ms, 1e-9) / 1e6:.0f} GFLOP/s")
+    if args.peak_matmul:
+        print(f"2048^3 matmul: f32 {_peak_matmul('float32'):.0f} GFLOP/s, "
+              f"bf16 {_peak_matmul('bfloat16'):.0f} GFLOP/s")
+    print(f"\n## slowest {args.top} operations (ms/step, GFLOP/s)")
+    rows = []
+    for name, ms in per_op.most_common():
+        flops, desc = ops.get(name, (0.0, ""))
+        rows.append({"op": name, "ms": ms, "gflops": flops / 1e9, "desc": desc})
+    for r in rows[:args.top]:
+        rate = f"{r['gflops'] / r['ms'] * 1e3:5.0f}" if r["gflops"] else "    -"
+        print(f"{r['ms']:7.1f} {rate}  {r['op']:<28} {r['desc']}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"wall_ms": wall * 1e3, "summed_ms": summed, "ops": rows}, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
