@@ -126,10 +126,14 @@ def test_ring_samples_are_points(tmp_path):
     assert np.load(tmp_path / "p.npz")["points"].shape == (10, 2)
 
 
-def _cli(*args, cwd=REPO):
+def _cli(*args, cwd=REPO, timeout=300, default_xla_flags=False):
+    """`python -m ARGS` on CPU. default_xla_flags: without the suite's XLA_FLAGS (-O0), i.e.
+    compiled as users compile it."""
     env = dict(os.environ, JAX_PLATFORMS="cpu")
+    if default_xla_flags:
+        env.pop("XLA_FLAGS", None)
     return subprocess.run([sys.executable, "-m", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=300)
+                          text=True, timeout=timeout)
 
 
 def test_train_and_sample_cli_end_to_end(tmp_path):
@@ -182,18 +186,15 @@ def test_a_short_ring_run_captures_most_modes(tmp_path):
 
     Through the CLI, compiled as users compile it (XLA's default optimisation, not the suite's
     -O0): this test is 3000 updates of a 256-wide MLP, so run time dominates, and it ran 70 s
-    at -O0 against 47 s at -O2 on 2 cores (BUILD_NOTES.md, "Test suite time")."""
+    in-process at -O0 against 45 s this way, alone on 2 cores (BUILD_NOTES.md, "Test suite
+    time")."""
     from jaxgan.data import mixture_centers
     from jaxgan.metrics.mixtures import mode_metrics
     work = str(tmp_path / "ring")
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    r = subprocess.run(
-        [sys.executable, "-m", "jaxgan.train", "--config", "configs/ring_wgan_gp.py",
-         "--workdir", work, "--noprogress", "--config.train.ema_decay=0.99",
-         "--config.train.steps=500", "--config.train.log_every=250",
-         "--config.train.sample_every=500", "--config.train.checkpoint_every=500"],
-        cwd=REPO, env=dict(env, JAX_PLATFORMS="cpu"), capture_output=True, text=True,
-        timeout=600)
+    r = _cli("jaxgan.train", "--config", "configs/ring_wgan_gp.py", "--workdir", work,
+             "--noprogress", "--config.train.ema_decay=0.99", "--config.train.steps=500",
+             "--config.train.log_every=250", "--config.train.sample_every=500",
+             "--config.train.checkpoint_every=500", timeout=600, default_xla_flags=True)
     assert r.returncode == 0, r.stderr
     _, points = sample_lib.generate(work, 2500)
     centers, sigma = mixture_centers("ring")
