@@ -33,7 +33,6 @@ import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(HERE)
 
 
 def _shape(text: str) -> list[int]:
@@ -108,29 +107,17 @@ def main(argv=None) -> int:
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
     import jax
     import jax.numpy as jnp
-    import numpy as np
 
-    sys.path.insert(0, REPO)
     sys.path.insert(0, HERE)
-    from benchmark import _hw6_config
-    from jaxgan import models, optim
-    from jaxgan import state as state_lib, step as step_lib
+    from benchmark import _hw6_config, compiled_hw6_step, random_images
 
     if jax.default_backend() != "cpu":
         print("error: profile_step.py reads XLA:CPU thunk events; run it on CPU", file=sys.stderr)
         return 2
     c = _hw6_config(args.loss, args.batch, "auto")
     dtype = jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32
-    n_img = 4 * args.batch
-    g, d = models.build(c, dtype=dtype)
-    g_tx, d_tx = optim.make(c)
-    create = jax.jit(lambda: state_lib.create(int(c.seed), g, d, g_tx, d_tx, int(c.model.z_dim),
-                                              models.data_shape(c), n_img))
-    state = create.lower().compile({"xla_backend_optimization_level": 0})()
-    data = {"images": jax.device_put(np.random.default_rng(0).integers(
-        0, 256, (n_img, 64, 64, 3), dtype=np.uint8))}
-    step = jax.jit(step_lib.make_train_step(g, d, g_tx, d_tx, c), donate_argnums=0)
-    step = step.lower(state, data).compile()
+    data = random_images(4 * args.batch)
+    state, step, _ = compiled_hw6_step(c, dtype, data)
     ops = fused_op_flops(step.as_text())
     for _ in range(args.warmup):
         state, _ = step(state, data)

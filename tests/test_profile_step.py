@@ -1,0 +1,31 @@
+"""scripts/profile_step.py's FLOP count, read from compiled HLO, against hand-computed FLOPs."""
+
+import os
+import sys
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                "scripts"))
+from profile_step import fused_op_flops  # noqa: E402
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="reads XLA:CPU fusion names")
+def test_fused_op_flops_counts_a_strided_conv_and_a_dot():
+    def f(x, w, a, b):
+        y = jax.lax.conv_general_dilated(x, w, (2, 2), ((2, 1), (2, 1)),
+                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        return jnp.tanh(y).sum() + jnp.tanh(a @ b).sum()
+
+    args = (jnp.ones((2, 16, 16, 8)), jnp.ones((5, 5, 8, 32)), jnp.ones((64, 96)),
+            jnp.ones((96, 48)))
+    ops = fused_op_flops(jax.jit(f).lower(*args).compile().as_text())
+    by_desc = {desc.split()[0]: (flops, desc) for flops, desc in ops.values()}
+    assert set(by_desc) == {"conv", "dot"}
+    # 2 x output elements (2*8*8*32) x taps (5*5) x input channels (8); 2 x 64*48 x 96.
+    assert by_desc["conv"][0] == 2 * (2 * 8 * 8 * 32) * (5 * 5) * 8
+    assert "[2, 16, 16, 8]*[5, 5, 8, 32]->[2, 8, 8, 32]" in by_desc["conv"][1]
+    assert "stride=2x2" in by_desc["conv"][1]
+    assert by_desc["dot"][0] == 2 * (64 * 48) * 96
