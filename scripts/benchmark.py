@@ -419,6 +419,8 @@ def main(argv=None) -> int:
     if args.device == "cpu":
         env["CUDA_VISIBLE_DEVICES"] = ""
         env.setdefault("OMP_NUM_THREADS", str(args.threads))
+    else:  # workers share the GPU: a JAX worker reserves 40% of it, not its default 75%
+        env.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.4")
 
     variants = [(impl, {}) for impl in args.impls.split(",") if impl]
     variants += _parse_variants(args.variants)
