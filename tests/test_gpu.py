@@ -64,10 +64,24 @@ def one_step(c, state, data):
     return jax.jit(step_lib.make_train_step(g, d, g_tx, d_tx, c))(state, data)
 
 
-def test_the_gpu_runs_plain_xla_convolutions_and_subpixel_upsampling():
-    backend = "gpu" if ON_CPU else jax.default_backend()
+def test_the_gpu_runs_plain_xla_convolutions_and_subpixel_upsampling(monkeypatch):
+    """On the device the HW6 models trace to lax's own convolutions: no custom VJPs (those
+    are the CPU's fast gradients and phase upsampling)."""
+    if ON_CPU:  # answer as on the GPU backend
+        for name in ("default_conv_impl", "default_upsample_impl"):
+            monkeypatch.setattr(layers, name, lambda backend, f=getattr(layers, name): f("gpu"))
+    backend = jax.default_backend()
     assert layers.default_conv_impl(backend) == "xla"
     assert layers.default_upsample_impl(backend) == "subpixel"
+    c = hw6_config("gan", 2)
+    g, d = models.build(c)
+    z, x = jnp.zeros((2, c.model.z_dim)), jnp.zeros((2, 64, 64, 3))
+    gv = jax.eval_shape(lambda: g.init(jax.random.PRNGKey(0), z, train=False))
+    dv = jax.eval_shape(lambda: d.init(jax.random.PRNGKey(0), x, train=False))
+    jaxpr = str(jax.make_jaxpr(lambda gv, dv: (g.apply(gv, z, train=False),
+                                               d.apply(dv, x, train=False)))(gv, dv))
+    assert "conv_general_dilated" in jaxpr
+    assert "custom_vjp_call" not in jaxpr
 
 
 @pytest.mark.parametrize("loss", ["gan", "wgan-gp"])
