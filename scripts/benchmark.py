@@ -68,7 +68,7 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def _hw6_config(loss: str, batch: int, critic_loop: str):
+def hw6_config(loss: str, batch: int, critic_loop: str = "auto"):
     sys.path[:0] = [REPO, os.path.join(REPO, "configs")]
     import hw6_anime
 
@@ -94,21 +94,32 @@ def random_images(n_img: int) -> dict:
     return jax.block_until_ready(data)
 
 
-def compiled_hw6_step(c, dtype, data):
-    """The initial train state and compiled step for config c; also (trace+lower s, compile s)."""
+def initial_state(c, n_img: int, dtype=None):
+    """Config c's initial train state over n_img resident images (dtype: models.build's)."""
     import jax
 
     sys.path.insert(0, REPO)
     from jaxgan import models, optim
-    from jaxgan import state as state_lib, step as step_lib
+    from jaxgan import state as state_lib
 
-    n_img = data["images"].shape[0]
     g, d = models.build(c, dtype=dtype)
     g_tx, d_tx = optim.make(c)
     create = jax.jit(lambda: state_lib.create(int(c.seed), g, d, g_tx, d_tx, int(c.model.z_dim),
                                               models.data_shape(c), n_img))
     # Random initializers compile slowly on XLA:CPU and are not what is measured.
-    state = create.lower().compile({"xla_backend_optimization_level": 0})()
+    return create.lower().compile({"xla_backend_optimization_level": 0})()
+
+
+def compiled_hw6_step(c, dtype, data):
+    """The initial train state and compiled step for config c; also (trace+lower s, compile s)."""
+    import jax
+
+    from jaxgan import models, optim
+    from jaxgan import step as step_lib
+
+    state = initial_state(c, data["images"].shape[0], dtype)
+    g, d = models.build(c, dtype=dtype)
+    g_tx, d_tx = optim.make(c)
     t0 = time.perf_counter()
     step_fn = step_lib.make_train_step(g, d, g_tx, d_tx, c)
     lowered = jax.jit(step_fn, donate_argnums=0).lower(state, data)
@@ -136,7 +147,7 @@ def _jax_worker(spec: dict, send) -> None:
     if spec.get("dw_gemm_max_cin"):
         layers.DW_GEMM_MAX_CIN = int(spec["dw_gemm_max_cin"])
     dtype = jnp.bfloat16 if spec["dtype"] == "bfloat16" else jnp.float32
-    c = _hw6_config(spec["loss"], spec["batch"], spec["critic_loop"])
+    c = hw6_config(spec["loss"], spec["batch"], spec["critic_loop"])
     config_lib.validate(c)
     data = random_images(spec["num_images"])
     rss0 = _rss_mb()

@@ -109,12 +109,12 @@ def main(argv=None) -> int:
     import jax.numpy as jnp
 
     sys.path.insert(0, HERE)
-    from benchmark import _hw6_config, compiled_hw6_step, random_images
+    from benchmark import compiled_hw6_step, hw6_config, random_images
 
     if jax.default_backend() != "cpu":
         print("error: profile_step.py reads XLA:CPU thunk events; run it on CPU", file=sys.stderr)
         return 2
-    c = _hw6_config(args.loss, args.batch, "auto")
+    c = hw6_config(args.loss, args.batch)
     dtype = jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32
     data = random_images(4 * args.batch)
     state, step, _ = compiled_hw6_step(c, dtype, data)

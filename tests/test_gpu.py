@@ -24,9 +24,12 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 from jaxgan import config as config_lib, layers, models, optim  # noqa: E402
-from jaxgan import state as state_lib, step as step_lib  # noqa: E402
+from jaxgan import step as step_lib  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, "scripts"))
+import benchmark  # noqa: E402  (the HW6 setup the GPU benchmarks time)
+
 # JAXGAN_GPU_TESTS_ON_CPU=1 runs these on the CPU backend instead: a dry run of the tests'
 # own logic on a machine without a GPU (what was done before they first met one).
 ON_CPU = os.environ.get("JAXGAN_GPU_TESTS_ON_CPU") == "1"
@@ -35,27 +38,18 @@ pytestmark = pytest.mark.skipif(jax.default_backend() != "gpu" and not ON_CPU,
 
 
 def hw6_config(loss: str, batch: int, dtype: str = "float32"):
-    c = config_lib.load_recipe(os.path.join(REPO, "configs", "hw6_anime.py"))
-    c.data.path = "<random uint8>"
-    c.train.batch_size = batch
+    """The benchmark's HW6 recipe, WGAN-GP with 2 critic updates instead of 5 (a faster test)."""
+    c = benchmark.hw6_config(loss, batch)
     c.train.dtype = dtype
     if loss == "wgan-gp":
-        c.loss.name = "wgan-gp"
-        c.model.d_norm = "layer"
         c.train.n_critic = 2
     config_lib.validate(c)
     return c
 
 
 def init(c, n_img: int):
-    """HW6 models, their state and device-resident random images (the benchmark's setup)."""
-    g, d = models.build(c)
-    g_tx, d_tx = optim.make(c)
-    state = jax.jit(lambda: state_lib.create(int(c.seed), g, d, g_tx, d_tx, int(c.model.z_dim),
-                                             models.data_shape(c), n_img))()
-    rng = np.random.default_rng(0)
-    data = {"images": jax.device_put(rng.integers(0, 256, (n_img, 64, 64, 3), dtype=np.uint8))}
-    return state, data
+    """The benchmark's initial state and device-resident random images."""
+    return benchmark.initial_state(c, n_img), benchmark.random_images(n_img)
 
 
 def one_step(c, state, data):
