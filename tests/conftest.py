@@ -1,5 +1,7 @@
 """Shared tiny recipes: small models, few steps, so the whole suite stays fast on 2 CPU cores."""
 import os
+import subprocess
+import sys
 import tempfile
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -18,6 +20,25 @@ os.environ.setdefault("XLA_FLAGS", TEST_XLA_FLAGS)
 import pytest  # noqa: E402
 
 from jaxgan.config import base_config  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_module(*args, platform: str | None = "cpu", env=None, default_xla_flags=False,
+               timeout=300) -> subprocess.CompletedProcess:
+    """`python -m ARGS` from the repo root, output captured, as a user runs the CLIs.
+
+    platform: JAX_PLATFORMS for it (None: this process's); env: its environment (default: this
+    process's); default_xla_flags: without the suite's XLA_FLAGS (-O0), compiled as users
+    compile it.
+    """
+    env = dict(os.environ if env is None else env)
+    if platform is not None:
+        env["JAX_PLATFORMS"] = platform
+    if default_xla_flags:
+        env.pop("XLA_FLAGS", None)
+    return subprocess.run([sys.executable, "-m", *args], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=timeout)
 
 
 def tiny_image_config(**overrides):

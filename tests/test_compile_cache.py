@@ -1,24 +1,21 @@
 """The CLIs keep compiled programs on disk, so a second run of a recipe compiles nothing new."""
 import os
-import subprocess
-import sys
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import run_module
 
 
 def _env(cache_root, **extra):
     env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_COMPILATION_CACHE")}
-    env.update(JAX_PLATFORMS="cpu", JAXGAN_CACHE_DIR=str(cache_root),
+    env.update(JAXGAN_CACHE_DIR=str(cache_root),
                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", **extra)
     return env
 
 
 def _train(workdir, env):
-    return subprocess.run(
-        [sys.executable, "-m", "jaxgan.train", "--config", "configs/ring_gan.py", "--workdir",
-         str(workdir), "--noprogress", "--config.train.steps=2", "--config.train.log_every=1",
-         "--config.train.sample_every=2", "--config.train.checkpoint_every=2"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    return run_module("jaxgan.train", "--config", "configs/ring_gan.py", "--workdir",
+                      str(workdir), "--noprogress", "--config.train.steps=2",
+                      "--config.train.log_every=1", "--config.train.sample_every=2",
+                      "--config.train.checkpoint_every=2", env=env)
 
 
 def _entries(path):

@@ -6,21 +6,17 @@ Real data here is scikit-learn's digits (ships with the package); no MNIST, no I
 import json
 import math
 import os
-import subprocess
-import sys
 
 import jax
 import numpy as np
 import pytest
 
-from conftest import tiny_ring_config
+from conftest import run_module, tiny_ring_config
 from jaxgan import checkpoint as ckpt_lib
 from jaxgan import data as data_lib
 from jaxgan import evaluate as ev
 from jaxgan.metrics import classifier as clf_lib
 from jaxgan.metrics import fid as fid_lib
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
@@ -286,18 +282,14 @@ def test_is_better_knows_directions():
 
 
 def test_cli_end_to_end_and_exit_code(ring_workdir, tmp_path):
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
-    ok = subprocess.run([sys.executable, "-m", "jaxgan.evaluate", "--workdir", ring_workdir,
-                         "--num", "250", "--metrics", "modes"],
-                        capture_output=True, text=True, env=env, cwd=REPO, timeout=120)
+    ok = run_module("jaxgan.evaluate", "--workdir", ring_workdir, "--num", "250", "--metrics",
+                    "modes", timeout=120)
     assert ok.returncode == 0, ok.stderr
     rec = json.loads(ok.stdout.strip().splitlines()[-1])
     assert rec["num_samples"] == 250 and "modes/captured" in rec
     with open(os.path.join(ring_workdir, ev.EVAL_FILE)) as f:
         assert json.loads(f.readlines()[-1]) == rec
-    bad = subprocess.run([sys.executable, "-m", "jaxgan.evaluate", "--workdir",
-                          str(tmp_path / "nope")],
-                         capture_output=True, text=True, env=env, cwd=REPO, timeout=120)
+    bad = run_module("jaxgan.evaluate", "--workdir", str(tmp_path / "nope"), timeout=120)
     assert bad.returncode == 2
     assert bad.stderr.strip().startswith("error: workdir") and bad.stderr.count("\n") == 1
 

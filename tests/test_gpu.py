@@ -11,7 +11,6 @@ that way equals the step computed with the CPU formulations on the same GPU; the
 WGAN-GP step stays close to f32; and the CLIs train, checkpoint and sample there.
 """
 import os
-import subprocess
 import sys
 
 # This process and the CLIs it starts share the GPU: each allocates what it uses instead of
@@ -23,10 +22,10 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
+from conftest import REPO, run_module  # noqa: E402
 from jaxgan import config as config_lib, layers, models, optim  # noqa: E402
 from jaxgan import step as step_lib  # noqa: E402
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "scripts"))
 import benchmark  # noqa: E402  (the HW6 setup the GPU benchmarks time)
 
@@ -138,14 +137,9 @@ def test_bf16_hw6_wgan_gp_step_is_close_to_float32():
 
 
 def test_train_checkpoint_and_sample_clis_on_the_gpu(tmp_path):
-    env = dict(os.environ)
-    env.pop("XLA_FLAGS", None)  # the suite's CPU -O0 flag
-    if ON_CPU:
-        env["JAX_PLATFORMS"] = "cpu"
-
-    def cli(*args):
-        r = subprocess.run([sys.executable, "-m", *args], cwd=REPO, env=env,
-                           capture_output=True, text=True, timeout=600)
+    def cli(*args):  # on the GPU (JAX_PLATFORMS as this process has it), compiled as users do
+        r = run_module(*args, platform="cpu" if ON_CPU else None, default_xla_flags=True,
+                       timeout=600)
         assert r.returncode == 0, r.stderr[-3000:]
         return r
 

@@ -2,15 +2,13 @@
 classify from a few labels through the CLIs (scikit-learn digits: offline, small)."""
 import json
 import os
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import apply_overrides
+from conftest import apply_overrides, run_module
 from jaxgan import config as config_lib
 from jaxgan import losses, ssgan
 from jaxgan.config import ConfigError, base_config
@@ -116,13 +114,11 @@ def test_ssgan_learns_to_classify_from_50_labels_through_the_clis(tmp_path):
     acc = [r["ssgan/test_accuracy"] for r in records if "ssgan/test_accuracy" in r]
     assert acc and acc[-1] > 0.6, acc
 
-    out = subprocess.run([sys.executable, "-m", "jaxgan.evaluate", "--workdir", workdir],
-                         capture_output=True, text=True, timeout=300)
+    out = run_module("jaxgan.evaluate", "--workdir", workdir)
     assert out.returncode == 0, out.stderr[-2000:]
     record = json.loads(out.stdout.strip().splitlines()[-1])
     assert record["accuracy/num"] == 1797 and record["step"] == 200
     np.testing.assert_allclose(record["accuracy/test"], acc[-1], atol=1e-6)
 
-    bad = subprocess.run([sys.executable, "-m", "jaxgan.evaluate", "--workdir", workdir,
-                          "--metrics", "modes"], capture_output=True, text=True, timeout=300)
+    bad = run_module("jaxgan.evaluate", "--workdir", workdir, "--metrics", "modes")
     assert bad.returncode == 2 and bad.stderr.startswith("error:")

@@ -1,21 +1,17 @@
 """Training loop, checkpoints and resume, sampling, and both CLIs end to end."""
 import json
 import os
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import tiny_image_config, tiny_ring_config
+from conftest import run_module, tiny_image_config, tiny_ring_config
 from jaxgan import checkpoint as ckpt_lib
 from jaxgan import config as config_lib
 from jaxgan import sample as sample_lib
 from jaxgan import train as train_lib
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _leaves(state):
@@ -126,40 +122,30 @@ def test_ring_samples_are_points(tmp_path):
     assert np.load(tmp_path / "p.npz")["points"].shape == (10, 2)
 
 
-def _cli(*args, cwd=REPO, timeout=300, default_xla_flags=False):
-    """`python -m ARGS` on CPU. default_xla_flags: without the suite's XLA_FLAGS (-O0), i.e.
-    compiled as users compile it."""
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
-    if default_xla_flags:
-        env.pop("XLA_FLAGS", None)
-    return subprocess.run([sys.executable, "-m", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=timeout)
-
-
 def test_train_and_sample_cli_end_to_end(tmp_path):
     work = str(tmp_path / "run")
-    r = _cli("jaxgan.train", "--config", "configs/default.py", "--workdir", work,
+    r = run_module("jaxgan.train", "--config", "configs/default.py", "--workdir", work,
              "--config.train.steps=4", "--config.train.checkpoint_every=2",
              "--config.train.sample_every=2", "--config.train.log_every=2",
              "--config.model.g_width=8", "--config.model.d_width=8", "--noprogress")
     assert r.returncode == 0, r.stderr
     assert os.path.exists(os.path.join(work, "samples", "step_0000004.png"))
-    r = _cli("jaxgan.sample", "--workdir", work, "--num", "12", "--out", str(tmp_path / "g.png"))
+    r = run_module("jaxgan.sample", "--workdir", work, "--num", "12", "--out", str(tmp_path / "g.png"))
     assert r.returncode == 0, r.stderr
     assert os.path.getsize(tmp_path / "g.png") > 0
-    r = _cli("jaxgan.sample", "--workdir", work, "--num", "5", "--out", str(tmp_path / "s.npz"))
+    r = run_module("jaxgan.sample", "--workdir", work, "--num", "5", "--out", str(tmp_path / "s.npz"))
     assert r.returncode == 0, r.stderr
     assert np.load(tmp_path / "s.npz")["images"].shape == (5, 16, 16, 1)
 
 
 def test_cli_errors_are_one_line_with_exit_code_2(tmp_path):
-    r = _cli("jaxgan.train", "--workdir", str(tmp_path / "x"), "--config.loss.name=wgan-gp",
+    r = run_module("jaxgan.train", "--workdir", str(tmp_path / "x"), "--config.loss.name=wgan-gp",
              "--config.model.d_norm=batch")
     assert r.returncode == 2
     assert r.stderr.strip().splitlines()[-1].startswith("error: critic uses batch norm")
     assert len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert not os.path.exists(tmp_path / "x")  # nothing written
-    r = _cli("jaxgan.sample", "--workdir", str(tmp_path / "missing"), "--out", "x.png")
+    r = run_module("jaxgan.sample", "--workdir", str(tmp_path / "missing"), "--out", "x.png")
     assert r.returncode == 2 and "does not exist" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1, r.stderr
 
@@ -191,7 +177,7 @@ def test_a_short_ring_run_captures_most_modes(tmp_path):
     from jaxgan.data import mixture_centers
     from jaxgan.metrics.mixtures import mode_metrics
     work = str(tmp_path / "ring")
-    r = _cli("jaxgan.train", "--config", "configs/ring_wgan_gp.py", "--workdir", work,
+    r = run_module("jaxgan.train", "--config", "configs/ring_wgan_gp.py", "--workdir", work,
              "--noprogress", "--config.train.ema_decay=0.99", "--config.train.steps=500",
              "--config.train.log_every=250", "--config.train.sample_every=500",
              "--config.train.checkpoint_every=500", timeout=600, default_xla_flags=True)
