@@ -95,6 +95,15 @@ def make_train_step(generator, critic, g_tx, d_tx, config,
     def shard(x):
         return x if batch_sharding is None else jax.lax.with_sharding_constraint(x, batch_sharding)
 
+    def replicate(tree):
+        """The new state on every device, as the old one was: left to sharding propagation, some
+        versions of jax (0.6) split small leaves (a bias of zero gradient) over 'data', and the
+        next call then recompiles, or fails if compiled ahead of time."""
+        if batch_sharding is None:
+            return tree
+        everywhere = jax.sharding.NamedSharding(batch_sharding.mesh, jax.sharding.PartitionSpec())
+        return jax.lax.with_sharding_constraint(tree, everywhere)
+
     def critic_update(state: GANState, data: dict, step_key, data_key, i):
         k_z, k_eps, k_sample = jax.random.split(jax.random.fold_in(step_key, i), 3)
         real, position, labels = data_lib.next_batch(state.data, data, data_key, k_sample, batch,
@@ -203,7 +212,7 @@ def make_train_step(generator, critic, g_tx, d_tx, config,
         state = state_lib.update_averages(state, ema_decay)
         metrics = {k: jnp.mean(v) for k, v in d_metrics.items()}
         metrics.update(g_metrics)
-        return state.replace(step=state.step + 1), metrics
+        return replicate(state.replace(step=state.step + 1)), metrics
 
     return train_step
 

@@ -10,13 +10,16 @@ which this script adds to XLA_FLAGS). Printed per step:
 
   * wall time, and the events' summed time (above wall where operations overlap on threads);
   * time by kind of operation: `ynn_fusion` are XLA:CPU's calls into YNNPACK (convolutions and
-    dots), the other names are XLA's own fusions (elementwise, normalisation, optimizer, copies);
+    dots; plain `convolution` / `dot_general` with older jax, e.g. 0.8), the other names are
+    XLA's own fusions (elementwise, normalisation, optimizer, copies);
   * the slowest operations with their convolution or dot shapes, FLOPs (2 x output elements x
     contraction length, from the compiled HLO) and the GFLOP/s they ran at, and the FLOP rate of
     all convolutions and dots together, to set against the CPU's peak (a large f32 / bf16 matmul
     is timed for that reference: `--peak_matmul`).
 
-CPU only: GPU traces name kernels, not HLO operations (use the benchmark's MFU there).
+CPU only: GPU traces name kernels, not HLO operations (use the benchmark's MFU there). Written
+for jax 0.10's XLA:CPU: with jax 0.8 the trace times the convolutions' launch, not their work,
+and the script says so.
 """
 from __future__ import annotations
 
@@ -40,36 +43,38 @@ def _shape(text: str) -> list[int]:
     return [int(x) for x in m.group(1).split(",") if x] if m else []
 
 
-def fused_op_flops(hlo: str) -> dict[str, tuple[float, str]]:
-    """{fusion name: (FLOPs, description)} for every fusion whose body holds a convolution or
-    a dot. Convolution FLOPs: 2 x output elements x kernel spatial taps x input channels
-    (HWIO kernels, as every conv here); dot: 2 x output elements x contraction length."""
+def op_flops(hlo: str) -> dict[str, tuple[float, str]]:
+    """{operation name: (FLOPs, description)} for every convolution and dot in compiled HLO,
+    named as the profile names them: the fusion that holds it (jax 0.10's XLA:CPU fuses them
+    into YNNPACK calls), else the instruction itself (jax 0.8's). Convolution FLOPs: 2 x
+    output elements x kernel spatial taps x input channels (HWIO kernels, as every conv here);
+    dot: 2 x output elements x contraction length."""
+    computations = {m.group(1): m.group(2) for m in re.finditer(
+        r"\n(?:ENTRY )?%?([\w.\-]+) [^\n{]*\{\n(.*?)\n\}", hlo, re.S)}
+    callers = {m.group(2): m.group(1) for m in re.finditer(
+        r"\n\s*%?([\w.\-]+) = [^\n]* fusion\([^\n]*calls=%?([\w.\-]+)", hlo)}
     out = {}
-    bodies = {m.group(1): m.group(2) for m in re.finditer(
-        r"\n%?([\w.\-]+) [^\n{]*\{\n(.*?)\n\}", hlo, re.S)}
-    for m in re.finditer(r"\n\s*%?([\w.\-]+) = [^\n]* fusion\([^\n]*calls=%?([\w.\-]+)", hlo):
-        name, body = m.group(1), bodies.get(m.group(2), "")
-        params = {p.group(1): _shape(p.group(2)) for p in re.finditer(
-            r"%?([\w.\-]+) = (\w+\[[\d,]*\])\S* parameter\(", body)}
-        flops, desc = 0.0, []
+    for computation, body in computations.items():
+        shapes = {m.group(1): _shape(m.group(2)) for m in re.finditer(
+            r"%?([\w.\-]+) = (\w+\[[\d,]*\])", body)}
         for line in body.split("\n"):
-            conv = re.search(r"= (\w+\[[\d,]*\])\S* convolution\(%?([\w.\-]+), %?([\w.\-]+)\)",
-                             line)
-            if conv:
-                y, x, w = _shape(conv.group(1)), params.get(conv.group(2)), params.get(conv.group(3))
+            op = re.search(r"%?([\w.\-]+) = (\w+\[[\d,]*\])\S* (convolution|dot)\("
+                           r"%?([\w.\-]+), %?([\w.\-]+)\)", line)
+            if not op:
+                continue
+            name, y, kind = op.group(1), _shape(op.group(2)), op.group(3)
+            a, b = shapes.get(op.group(4)), shapes.get(op.group(5))
+            if kind == "convolution":
                 window = re.search(r"window=\{([^}]*)\}", line)
-                if w:
-                    flops += 2.0 * math.prod(y) * math.prod(w[:-1])
-                desc.append(f"conv {x}*{w}->{y} {window.group(1) if window else ''}")
-            dot = re.search(r"= (\w+\[[\d,]*\])\S* dot\(%?([\w.\-]+), %?([\w.\-]+)\).*"
-                            r"lhs_contracting_dims=\{([\d,]*)\}", line)
-            if dot:
-                y, a = _shape(dot.group(1)), params.get(dot.group(2))
-                k = math.prod(a[int(i)] for i in dot.group(4).split(",") if i) if a else 0
-                flops += 2.0 * math.prod(y) * k
-                desc.append(f"dot {a}*{params.get(dot.group(3))}->{y}")
-        if desc:
-            out[name] = (flops, "; ".join(desc))
+                flops = 2.0 * math.prod(y) * math.prod(b[:-1]) if b else 0.0
+                desc = f"conv {a}*{b}->{y} {window.group(1) if window else ''}"
+            else:
+                dims = re.search(r"lhs_contracting_dims=\{([\d,]*)\}", line)
+                k = math.prod(a[int(i)] for i in dims.group(1).split(",") if i) if a and dims else 0
+                flops, desc = 2.0 * math.prod(y) * k, f"dot {a}*{b}->{y}"
+            owner = callers.get(computation, name)
+            f0, d0 = out.get(owner, (0.0, ""))
+            out[owner] = (f0 + flops, f"{d0}; {desc}" if d0 else desc)
     return out
 
 
@@ -118,7 +123,7 @@ def main(argv=None) -> int:
     dtype = jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32
     data = random_images(4 * args.batch)
     state, step, _ = compiled_hw6_step(c, dtype, data)
-    ops = fused_op_flops(step.as_text())
+    ops = op_flops(step.as_text())
     for _ in range(args.warmup):
         state, _ = step(state, data)
     jax.block_until_ready(state)
@@ -148,6 +153,10 @@ def main(argv=None) -> int:
           f"device(s), {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}; {args.steps} "
           f"profiled step(s)")
     print(f"wall {wall * 1e3:.0f} ms/step; events summed over threads {summed:.0f} ms/step")
+    if tuple(int(x) for x in re.findall(r"\d+", jax.__version__)[:2]) < (0, 10):
+        print(f"# warning: jax {jax.__version__}: its XLA:CPU events time the convolutions' "
+              "launch, not their work (jax 0.8: 'Wait for donation holds' holds the step); "
+              "the FLOP rates below are not measurements")
     print("\n## by kind (ms/step, share of the summed events)")
     for kind, ms in by_kind.most_common(12):
         print(f"{ms:9.1f}  {100 * ms / summed:5.1f}%  {kind}")

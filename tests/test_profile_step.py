@@ -9,11 +9,11 @@ import pytest
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                 "scripts"))
-from profile_step import fused_op_flops  # noqa: E402
+from profile_step import op_flops  # noqa: E402
 
 
-@pytest.mark.skipif(jax.default_backend() != "cpu", reason="reads XLA:CPU fusion names")
-def test_fused_op_flops_counts_a_strided_conv_and_a_dot():
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="reads XLA:CPU operation names")
+def test_op_flops_counts_a_strided_conv_and_a_dot():
     def f(x, w, a, b):
         y = jax.lax.conv_general_dilated(x, w, (2, 2), ((2, 1), (2, 1)),
                                          dimension_numbers=("NHWC", "HWIO", "NHWC"))
@@ -21,7 +21,7 @@ def test_fused_op_flops_counts_a_strided_conv_and_a_dot():
 
     args = (jnp.ones((2, 16, 16, 8)), jnp.ones((5, 5, 8, 32)), jnp.ones((64, 96)),
             jnp.ones((96, 48)))
-    ops = fused_op_flops(jax.jit(f).lower(*args).compile().as_text())
+    ops = op_flops(jax.jit(f).lower(*args).compile().as_text())
     by_desc = {desc.split()[0]: (flops, desc) for flops, desc in ops.values()}
     assert set(by_desc) == {"conv", "dot"}
     # 2 x output elements (2*8*8*32) x taps (5*5) x input channels (8); 2 x 64*48 x 96.
