@@ -13,9 +13,7 @@ import pytest
 from jaxgan import config as config_lib
 from jaxgan.config import ConfigError, base_config, validate
 
-from conftest import apply_overrides  # noqa: E402
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import REPO, apply_overrides  # noqa: E402
 
 
 def recipe(**overrides):

@@ -24,10 +24,9 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from conftest import TEST_XLA_FLAGS
+from conftest import REPO, TEST_XLA_FLAGS
 from jaxgan import distributed
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LR = 2e-4  # base_config's Adam lr
 STEPS = 4
 TIMEOUT = 150  # seconds for one phase (a loaded 2-core machine compiles slowly); a hang fails

@@ -7,8 +7,9 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                                "scripts"))
+from conftest import REPO
+
+sys.path.insert(0, os.path.join(REPO, "scripts"))
 from profile_step import op_flops  # noqa: E402
 
 

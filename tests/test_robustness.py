@@ -18,7 +18,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import REPO
+
 TIMEOUT = 300  # seconds for one subprocess to start stepping or finish (a loaded 2-core machine)
 
 TINY = ["--config", "configs/default.py", "--noprogress",

@@ -2,7 +2,7 @@
 import importlib.util
 import os
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import REPO
 
 
 def _study():
