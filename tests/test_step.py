@@ -12,7 +12,7 @@ from jaxgan import state as state_lib
 from jaxgan import step as step_lib
 
 
-def setup(config, loop="auto"):
+def build_step(config, loop="auto"):
     config.train.critic_loop = loop
     ds = data_lib.load(config)
     g, d = models.build(config)
@@ -35,7 +35,7 @@ def _adam_count(opt_state):
 def test_n_critic_critic_updates_per_generator_update():
     c = tiny_image_config(**{"train.n_critic": 3, "loss.name": "wgan-gp", "model.d_norm": "layer",
                              "model.arch": "mlp", "model.hidden": (16,)})
-    st, step, data = setup(c)
+    st, step, data = build_step(c)
     for _ in range(2):
         st, _ = step(st, data)
     assert int(st.step) == 2
@@ -47,8 +47,8 @@ def test_n_critic_critic_updates_per_generator_update():
 def test_scan_and_unrolled_critic_loops_compute_the_same_step():
     small = {"train.n_critic": 2, "model.arch": "mlp", "model.hidden": (16, 16)}
     c = tiny_image_config(**small)
-    a, step_a, data = setup(c, "scan")
-    b, step_b, _ = setup(tiny_image_config(**small), "unrolled")
+    a, step_a, data = build_step(c, "scan")
+    b, step_b, _ = build_step(tiny_image_config(**small), "unrolled")
     a, ma = step_a(a, data)
     b, mb = step_b(b, data)
     # Losses and statistics agree to float rounding. Parameters agree to Adam's step size: where a
@@ -67,7 +67,7 @@ def test_wgan_clips_every_critic_weight():
     c = tiny_image_config(**{"loss.name": "wgan", "train.n_critic": 2, "model.arch": "mlp",
                              "model.hidden": (16, 16)})
     c.optim.d.lr = 0.05  # large steps push weights hard against the bound
-    st, step, data = setup(c)
+    st, step, data = build_step(c)
     assert max(float(jnp.max(jnp.abs(p))) for p in jax.tree.leaves(st.d_params)) > 0.01
     st, _ = step(st, data)
     for p in jax.tree.leaves(st.d_params):
@@ -78,7 +78,7 @@ def test_wgan_clips_every_critic_weight():
 
 def test_wgan_gp_reports_penalty_and_wasserstein_estimate():
     c = tiny_ring_config(**{"loss.name": "wgan-gp", "train.n_critic": 2})
-    st, step, data = setup(c)
+    st, step, data = build_step(c)
     st, m = step(st, data)
     for k in ("d/loss", "d/gp", "d/gp_grad_norm", "d/wasserstein", "d/grad_norm", "g/loss",
               "g/grad_norm"):
@@ -89,7 +89,7 @@ def test_wgan_gp_reports_penalty_and_wasserstein_estimate():
 
 def test_hinge_with_r1_adds_half_gamma_times_the_penalty_to_the_critic_loss():
     c = tiny_ring_config(**{"loss.name": "hinge", "loss.r1_weight": 4.0, "train.n_critic": 1})
-    st, step, data = setup(c)
+    st, step, data = build_step(c)
     st, m = step(st, data)
     assert float(m["d/r1"]) > 0
     # Fresh critic scores lie in (-1, 1), where both hinges are linear: the mean of the hinges is
@@ -100,7 +100,7 @@ def test_hinge_with_r1_adds_half_gamma_times_the_penalty_to_the_critic_loss():
 
 def test_batch_norm_statistics_are_threaded_through_the_step():
     c = tiny_image_config()
-    st, step, data = setup(c)
+    st, step, data = build_step(c)
     before = jax.tree.map(np.asarray, (st.g_stats, st.d_stats))
     st, _ = step(st, data)
     after = jax.tree.map(np.asarray, (st.g_stats, st.d_stats))
@@ -110,7 +110,7 @@ def test_batch_norm_statistics_are_threaded_through_the_step():
 
 def test_step_is_a_function_of_the_state():
     c = tiny_image_config()
-    st, step, data = setup(c)
+    st, step, data = build_step(c)
     copy = jax.tree.map(jnp.array, st)
     s1, m1 = step(st, data)
     s2, m2 = step(copy, data)
@@ -132,7 +132,7 @@ def test_data_epochs_cover_every_example_once():
 
 def test_generator_ema_averages_weights_and_statistics_with_a_warm_up():
     c = tiny_image_config(**{"train.ema_decay": 0.2})
-    st, step, data = setup(c)
+    st, step, data = build_step(c)
     live = lambda s: jax.tree.map(np.asarray, (s.g_params, s.g_stats))  # noqa: E731
     want = live(st)
     for t in range(3):  # decay min(0.2, (1+t)/(10+t)): 0.1, 0.18, then 0.2
@@ -147,8 +147,8 @@ def test_generator_ema_averages_weights_and_statistics_with_a_warm_up():
 
 def test_diffaugment_changes_what_the_critic_sees():
     base = {"model.arch": "mlp", "model.hidden": (16,), "model.d_norm": "none"}
-    plain, step_p, data = setup(tiny_image_config(**base))
-    aug, step_a, _ = setup(tiny_image_config(**base, **{"train.augment": "translation,cutout"}))
+    plain, step_p, data = build_step(tiny_image_config(**base))
+    aug, step_a, _ = build_step(tiny_image_config(**base, **{"train.augment": "translation,cutout"}))
     _, mp = step_p(plain, data)
     aug, ma = step_a(aug, data)  # same initial state, data and noise: only the augmentation differs
     assert np.isfinite([float(v) for v in ma.values()]).all()
@@ -170,7 +170,7 @@ def test_bfloat16_wgan_gp_step_is_mixed_precision_and_close_to_float32():
     # |grad| - 1, which amplifies the norm's relative error by 2|grad| / ||grad| - 1|.
     base = {"loss.name": "wgan-gp", "model.d_norm": "none", "model.arch": "mlp",
             "model.hidden": (64, 64)}
-    st, step32, data = setup(tiny_image_config(**base))
+    st, step32, data = build_step(tiny_image_config(**base))
     c16 = tiny_image_config(**base, **{"train.dtype": "bfloat16"})
     g, d = models.build(c16)  # the recipe's dtype; the parameters are the same f32 tree
     lowered = jax.jit(step_lib.make_train_step(g, d, *optim.make(c16), c16)).lower(st, data)
