@@ -24,6 +24,15 @@ from jaxgan.config import base_config  # noqa: E402
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def _module_env(platform: str | None, env, default_xla_flags: bool) -> dict:
+    env = dict(os.environ if env is None else env)
+    if platform is not None:
+        env["JAX_PLATFORMS"] = platform
+    if default_xla_flags:
+        env.pop("XLA_FLAGS", None)
+    return env
+
+
 def run_module(*args, platform: str | None = "cpu", env=None, default_xla_flags=False,
                timeout=300) -> subprocess.CompletedProcess:
     """`python -m ARGS` from the repo root, output captured, as a user runs the CLIs.
@@ -32,13 +41,17 @@ def run_module(*args, platform: str | None = "cpu", env=None, default_xla_flags=
     process's); default_xla_flags: without the suite's XLA_FLAGS (-O0), compiled as users
     compile it.
     """
-    env = dict(os.environ if env is None else env)
-    if platform is not None:
-        env["JAX_PLATFORMS"] = platform
-    if default_xla_flags:
-        env.pop("XLA_FLAGS", None)
-    return subprocess.run([sys.executable, "-m", *args], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run([sys.executable, "-m", *args], cwd=REPO,
+                          env=_module_env(platform, env, default_xla_flags),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def start_module(*args, platform: str | None = "cpu", env=None, default_xla_flags=False,
+                 **popen_kwargs) -> subprocess.Popen:
+    """`run_module` without waiting: for runs a test signals, kills or starts side by side.
+    popen_kwargs go to `subprocess.Popen` (stdout, stderr, text, ...)."""
+    return subprocess.Popen([sys.executable, "-m", *args], cwd=REPO,
+                            env=_module_env(platform, env, default_xla_flags), **popen_kwargs)
 
 
 def tiny_image_config(**overrides):

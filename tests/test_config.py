@@ -5,7 +5,6 @@ written (issue 7); on the command line: exit code 2 and nothing in the workdir.
 """
 import os
 import subprocess
-import sys
 
 import ml_collections
 import pytest
@@ -13,7 +12,7 @@ import pytest
 from jaxgan import config as config_lib
 from jaxgan.config import ConfigError, base_config, validate
 
-from conftest import REPO, apply_overrides  # noqa: E402
+from conftest import REPO, apply_overrides, start_module  # noqa: E402
 
 
 def recipe(**overrides):
@@ -209,15 +208,14 @@ CLI_CASES = {
 def cli(tmp_path_factory):
     """Runs every CLI case at once (each pays ~3 s of imports); {name: (rc, stderr, workdir)}."""
     root = tmp_path_factory.mktemp("cli")
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
     procs = {}
     for i, (name, args) in enumerate(CLI_CASES.items()):
         work = str(root / f"w{i}")
         # --config.train.steps=1 keeps a run short should a bad flag ever be accepted.
         extra = [] if "steps" in " ".join(args) or "--config" in args else ["--config.train.steps=1"]
-        procs[name] = work, subprocess.Popen(
-            [sys.executable, "-m", "jaxgan.train", "--workdir", work, "--noprogress", *args, *extra],
-            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        procs[name] = work, start_module(
+            "jaxgan.train", "--workdir", work, "--noprogress", *args, *extra,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     out = {}
     for name, (work, p) in procs.items():
         try:

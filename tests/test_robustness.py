@@ -10,7 +10,6 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import time
 
 import jax
@@ -18,7 +17,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from conftest import REPO
+from conftest import start_module
 
 TIMEOUT = 300  # seconds for one subprocess to start stepping or finish (a loaded 2-core machine)
 
@@ -49,9 +48,8 @@ class Run:
         base = os.path.join(os.path.dirname(self.workdir), f"run{Run.count}")
         self.out_path, self.err_path = base + ".out", base + ".err"
         with open(self.out_path, "w") as out, open(self.err_path, "w") as err:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "jaxgan.train", *TINY, f"--workdir={self.workdir}",
-                 *overrides], cwd=REPO, env=env, stdout=out, stderr=err)
+            self.proc = start_module("jaxgan.train", *TINY, f"--workdir={self.workdir}",
+                                     *overrides, env=env, stdout=out, stderr=err)
 
     @property
     def stdout(self):
