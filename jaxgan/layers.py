@@ -264,7 +264,9 @@ def _phase_forward(x, kernel, strides, pads, opads, precision):
                 continue
             xi = lax.pad(x, jnp.zeros((), x.dtype),
                          ((0, 0, 0), (loy, hiy, 0), (lox, hix, 0), (0, 0, 0)))
-            kr = kernel[np.asarray(ty)][:, np.asarray(tx)]
+            # the taps are every s-th row / column: a strided slice, not a gather
+            kr = lax.slice(kernel, (ty[0], tx[0], 0, 0),
+                           (ty[-1] + 1, tx[-1] + 1, *kernel.shape[2:]), (*strides, 1, 1))
             row.append(_plain_conv(xi, kr, (1, 1), ((0, 0), (0, 0)), precision))
         rows.append(jnp.stack(row, axis=3))  # [N, qy, qx, sx, C]
     y = jnp.stack(rows, axis=2)  # [N, qy, sy, qx, sx, C]
