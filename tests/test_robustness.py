@@ -31,7 +31,7 @@ FOREVER = "--config.train.steps=1000000"
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     cache = os.environ.get("JAX_COMPILATION_CACHE_DIR") or str(tmp_path_factory.mktemp("jax_cache"))
-    return dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1",
+    return dict(os.environ, PYTHONUNBUFFERED="1",
                 JAX_COMPILATION_CACHE_DIR=cache,
                 JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
                 JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="-1")
