@@ -367,12 +367,37 @@ class Worker:
         self.proc.wait(timeout=60)
 
 
+IMPLS = ("jaxgan", "torch-eager", "torch-compile")
+# --variants keys (jaxgan only) and their allowed values (None: any; int: an integer)
+VARIANT_KEYS = {"upsample": ("auto", "phase", "subpixel", "transpose"),
+                "critic_loop": ("auto", "scan", "unrolled"), "xla_flags": None,
+                "conv": ("auto", "fast", "xla"), "dw_gemm_max_cin": int}
+
+
 def _parse_variants(text: str) -> list[tuple[str, dict]]:
-    """'jaxgan:upsample=transpose;critic_loop=scan,torch-eager' -> [(impl, overrides)]."""
+    """'jaxgan:upsample=transpose;critic_loop=scan,torch-eager' -> [(impl, overrides)].
+
+    Raises ValueError (one line) for an unknown implementation, key or value: a misspelt key
+    would otherwise time the defaults under the variant's name."""
     out = []
     for item in filter(None, (s.strip() for s in text.split(","))):
         impl, _, rest = item.partition(":")
-        kv = dict(p.split("=", 1) for p in rest.split(";") if p) if rest else {}
+        if impl not in IMPLS:
+            raise ValueError(f"unknown implementation {impl!r} (one of {', '.join(IMPLS)})")
+        kv = {}
+        for pair in filter(None, rest.split(";")):
+            key, eq, value = pair.partition("=")
+            allowed = VARIANT_KEYS.get(key, ())
+            if not eq or key not in VARIANT_KEYS:
+                raise ValueError(f"{pair!r} in {item!r} is not KEY=VALUE with KEY one of "
+                                 f"{', '.join(VARIANT_KEYS)}")
+            if allowed is int and not value.lstrip("-").isdigit() or (
+                    isinstance(allowed, tuple) and value not in allowed):
+                want = "an integer" if allowed is int else "one of " + ", ".join(allowed)
+                raise ValueError(f"{key}={value!r} in {item!r}: {key} must be {want}")
+            kv[key] = value
+        if kv and impl != "jaxgan":
+            raise ValueError(f"{item!r}: the variant keys are jaxgan's knobs; {impl} has none")
         out.append((impl, kv))
     return out
 
@@ -417,6 +442,10 @@ def main(argv=None) -> int:
     if args.worker:
         worker_main(args.worker)
         return 0
+    try:
+        variants = _parse_variants(args.impls) + _parse_variants(args.variants)
+    except ValueError as e:
+        ap.error(str(e))
 
     torch_python = args.torch_python or sys.executable
     if not args.torch_python:
@@ -433,8 +462,6 @@ def main(argv=None) -> int:
     else:  # workers share the GPU: a JAX worker reserves 40% of it, not its default 75%
         env.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.4")
 
-    variants = [(impl, {}) for impl in args.impls.split(",") if impl]
-    variants += _parse_variants(args.variants)
     count_flops = args.device == "gpu" or args.peak_tflops > 0
     cmd = [os.path.basename(sys.executable), "scripts/benchmark.py"]
     cmd += argv if argv is not None else sys.argv[1:]

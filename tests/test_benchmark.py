@@ -20,3 +20,16 @@ def test_benchmark_runs_the_hw6_step_and_reports_it():
     assert float(fields[1]) > 0  # ms/step
     assert fields[6] == "-" and fields[7] == "1.00x"  # no torch row to compare with
     assert "upsample=phase conv=fast" in out.stdout  # the CPU defaults were timed
+
+
+def test_a_misspelt_variant_is_a_one_line_error_not_a_run_of_the_defaults():
+    for variant, needle in [("jaxgan:dw_gemm_max=4", "'dw_gemm_max=4'"),
+                            ("jaxgan:conv=fastt", "conv must be one of auto, fast, xla"),
+                            ("torch-eager:conv=xla", "torch-eager has none"),
+                            ("torch:", "unknown implementation 'torch'")]:
+        out = subprocess.run([sys.executable, os.path.join(REPO, "scripts", "benchmark.py"),
+                              "--variants", variant], capture_output=True, text=True, timeout=60)
+        assert out.returncode == 2, (variant, out.stderr)
+        last = out.stderr.strip().splitlines()[-1]
+        assert last.startswith("benchmark.py: error: ") and needle in last, (variant, last)
+        assert "Traceback" not in out.stderr and out.stdout == ""
