@@ -326,6 +326,25 @@ def default_conv_impl(backend: str) -> str:
     return "fast" if backend == "cpu" else "xla"
 
 
+def _jaxlib_version() -> tuple[int, ...]:
+    import jaxlib
+    return tuple(int(p) for p in jaxlib.__version__.split(".")[:2] if p.isdigit())
+
+
+def step_compiler_options(backend: str) -> dict[str, str]:
+    """XLA options the training step is compiled with on a JAX backend (`jax.jit(...,
+    compiler_options=...)`: this one program, no process-wide flag).
+
+    CPU with jaxlib >= 0.12: XLA's own convolutions instead of YNNPACK's. jax 0.12's YNNPACK
+    convs ran the HW6 steps slower on a 2-core Xeon: gan 2697 vs 2322 ms and 2918 vs 2567 ms,
+    WGAN-GP 13086 vs 9749 ms (BUILD_NOTES.md, session 16); with jax 0.10.2 the two were within
+    noise, so older jaxlibs (0.8 does not know the option) keep their default.
+    """
+    if backend == "cpu" and _jaxlib_version() >= (0, 12):
+        return {"xla_cpu_experimental_ynn_fusion_type": ""}
+    return {}
+
+
 def _resolve_grad_impl(grad_impl: str) -> str:
     if grad_impl == "auto":
         grad_impl = default_conv_impl(jax.default_backend())

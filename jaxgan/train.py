@@ -24,6 +24,7 @@ from jaxgan import config as config_lib
 from jaxgan import data as data_lib
 from jaxgan import distributed
 from jaxgan import images as images_lib
+from jaxgan import layers
 from jaxgan import models
 from jaxgan import optim
 from jaxgan import plots
@@ -298,10 +299,12 @@ def train_and_evaluate(config, workdir: str, progress: bool = True, log=print):
     train_step = step_lib.make_train_step(generator, critic, g_tx, d_tx, config, batch_sharding)
     per_call = 1 if stream is not None else _steps_per_call(config)
     compiled = {}
+    step_options = layers.step_compiler_options(jax.default_backend())
 
     def run(state, k):
         if k not in compiled:
-            compiled[k] = jax.jit(step_lib.repeat_step(train_step, k), donate_argnums=0)
+            compiled[k] = jax.jit(step_lib.repeat_step(train_step, k), donate_argnums=0,
+                                  compiler_options=step_options)
         return compiled[k](state, {"real": next(stream)} if stream is not None else device_data)
 
     sampler = jax.jit(step_lib.make_sampler(generator))

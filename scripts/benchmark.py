@@ -38,7 +38,8 @@ Knobs for profiling jaxgan (monkeypatched here; jaxgan itself is not changed):
   --variants jaxgan:upsample=transpose,jaxgan:conv=xla,...  extra jaxgan variants; keys:
                                        upsample, critic_loop, xla_flags, conv, dw_gemm_max_cin
                                        (layers.DW_GEMM_MAX_CIN: widest input whose kernel
-                                       gradient is computed by GEMMs)
+                                       gradient is computed by GEMMs), step_options (auto |
+                                       none: without layers.step_compiler_options)
 """
 from __future__ import annotations
 
@@ -114,7 +115,7 @@ def compiled_hw6_step(c, dtype, data):
     """The initial train state and compiled step for config c; also (trace+lower s, compile s)."""
     import jax
 
-    from jaxgan import models, optim
+    from jaxgan import layers, models, optim
     from jaxgan import step as step_lib
 
     state = initial_state(c, data["images"].shape[0], dtype)
@@ -122,7 +123,9 @@ def compiled_hw6_step(c, dtype, data):
     g_tx, d_tx = optim.make(c)
     t0 = time.perf_counter()
     step_fn = step_lib.make_train_step(g, d, g_tx, d_tx, c)
-    lowered = jax.jit(step_fn, donate_argnums=0).lower(state, data)
+    lowered = jax.jit(step_fn, donate_argnums=0,  # compiled as jaxgan.train compiles it
+                      compiler_options=layers.step_compiler_options(jax.default_backend())
+                      ).lower(state, data)
     t1 = time.perf_counter()
     step = lowered.compile()
     return state, step, (t1 - t0, time.perf_counter() - t1)
@@ -146,6 +149,8 @@ def _jax_worker(spec: dict, send) -> None:
         layers.default_conv_impl = lambda backend: spec["conv"]
     if spec.get("dw_gemm_max_cin"):
         layers.DW_GEMM_MAX_CIN = int(spec["dw_gemm_max_cin"])
+    if spec.get("step_options") == "none":
+        layers.step_compiler_options = lambda backend: {}
     dtype = jnp.bfloat16 if spec["dtype"] == "bfloat16" else jnp.float32
     c = hw6_config(spec["loss"], spec["batch"], spec["critic_loop"])
     config_lib.validate(c)
@@ -159,7 +164,8 @@ def _jax_worker(spec: dict, send) -> None:
             "loop": step_lib.loop_kind(c.train.critic_loop),
             "upsample": layers.default_upsample_impl(jax.default_backend()),
             "conv": layers.default_conv_impl(jax.default_backend()),
-            "dw_gemm_max_cin": layers.DW_GEMM_MAX_CIN}
+            "dw_gemm_max_cin": layers.DW_GEMM_MAX_CIN,
+            "step_options": layers.step_compiler_options(jax.default_backend())}
     if spec["count_flops"]:
         info["flops"] = _model_flops(c, dtype, state, data)
     for _ in range(spec["warmup"]):
@@ -371,7 +377,8 @@ IMPLS = ("jaxgan", "torch-eager", "torch-compile")
 # --variants keys (jaxgan only) and their allowed values (None: any; int: an integer)
 VARIANT_KEYS = {"upsample": ("auto", "phase", "subpixel", "transpose"),
                 "critic_loop": ("auto", "scan", "unrolled"), "xla_flags": None,
-                "conv": ("auto", "fast", "xla"), "dw_gemm_max_cin": int}
+                "conv": ("auto", "fast", "xla"), "dw_gemm_max_cin": int,
+                "step_options": ("auto", "none")}
 
 
 def _parse_variants(text: str) -> list[tuple[str, dict]]:
@@ -482,6 +489,7 @@ def main(argv=None) -> int:
                     "xla_flags": kv.get("xla_flags", args.xla_flags),
                     "conv": kv.get("conv", args.conv),
                     "dw_gemm_max_cin": kv.get("dw_gemm_max_cin"),
+                    "step_options": kv.get("step_options"),
                     "count_flops": count_flops and impl == "jaxgan" and not kv}
             w = Worker(_label(impl, kv), sys.executable if impl == "jaxgan" else torch_python,
                        spec, env, log)
@@ -549,7 +557,8 @@ def _report(loss: str, workers, args) -> list[dict]:
         if "loop" in w.info:
             i = w.info
             extra.append(f"{w.name}: {i['backend']} x{i['devices']} loop={i['loop']} "
-                         f"upsample={i['upsample']} conv={i['conv']} dw_gemm<={i['dw_gemm_max_cin']} trace+lower {i['trace_lower_s']:.1f}s "
+                         f"upsample={i['upsample']} conv={i['conv']} dw_gemm<={i['dw_gemm_max_cin']} "
+                         f"options={i['step_options']} trace+lower {i['trace_lower_s']:.1f}s "
                          f"+ XLA {w.info['xla_compile_s']:.1f}s")
         if w.times:
             extra.append(f"{w.name}: ms/step per repeat "

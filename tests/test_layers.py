@@ -10,6 +10,7 @@ import itertools
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax import lax
 import numpy as np
 import pytest
 
@@ -258,3 +259,27 @@ def test_conv_impl_is_chosen_per_backend_and_validated():
     assert not layers._use_custom_vjp(8, 4, (1, 1))
     with pytest.raises(ValueError, match="grad_impl"):
         layers.conv2d(jnp.zeros((1, 4, 4, 2)), jnp.zeros((3, 3, 2, 2)), grad_impl="im2col")
+
+
+def test_step_compiler_options_turn_off_ynnpack_convolutions_only_on_new_cpu_jaxlibs(monkeypatch):
+    from jaxgan import layers as layers_lib
+
+    monkeypatch.setattr(layers_lib, "_jaxlib_version", lambda: (0, 10))
+    assert layers_lib.step_compiler_options("cpu") == {}
+    monkeypatch.setattr(layers_lib, "_jaxlib_version", lambda: (0, 12))
+    assert layers_lib.step_compiler_options("gpu") == {}
+    options = layers_lib.step_compiler_options("cpu")
+    assert options
+    x = jnp.ones((4, 8, 8, 16))
+    w = jnp.full((3, 3, 16, 32), 0.01)
+
+    def conv(a, b):
+        return lax.conv_general_dilated(a, b, (1, 1), "SAME",
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+    plain = jax.jit(conv).lower(x, w).compile()
+    if "ynn_fusion" not in plain.as_text():
+        pytest.skip(f"this jaxlib ({jax.__version__}) does not use YNNPACK for convolutions")
+    with_options = jax.jit(conv, compiler_options=options).lower(x, w).compile()
+    assert "ynn_fusion" not in with_options.as_text()  # the option's name is the one XLA knows
+    np.testing.assert_allclose(with_options(x, w), plain(x, w), rtol=1e-6)
