@@ -326,7 +326,7 @@ def default_conv_impl(backend: str) -> str:
     return "fast" if backend == "cpu" else "xla"
 
 
-def _jaxlib_version() -> tuple[int, ...]:
+def jaxlib_version() -> tuple[int, ...]:
     import jaxlib
     return tuple(int(p) for p in jaxlib.__version__.split(".")[:2] if p.isdigit())
 
@@ -340,7 +340,7 @@ def step_compiler_options(backend: str) -> dict[str, str]:
     WGAN-GP 13086 vs 9749 ms (BUILD_NOTES.md, session 16); with jax 0.10.2 the two were within
     noise, so older jaxlibs (0.8 does not know the option) keep their default.
     """
-    if backend == "cpu" and _jaxlib_version() >= (0, 12):
+    if backend == "cpu" and jaxlib_version() >= (0, 12):
         return {"xla_cpu_experimental_ynn_fusion_type": ""}
     return {}
 

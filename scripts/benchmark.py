@@ -374,7 +374,8 @@ class Worker:
 
 
 IMPLS = ("jaxgan", "torch-eager", "torch-compile")
-# --variants keys (jaxgan only) and their allowed values (None: any; int: an integer)
+# --variants keys (jaxgan only) and their allowed values (None: any; int: an integer); the
+# same choices as the command-line options of those names
 VARIANT_KEYS = {"upsample": ("auto", "phase", "subpixel", "transpose"),
                 "critic_loop": ("auto", "scan", "unrolled"), "xla_flags": None,
                 "conv": ("auto", "fast", "xla"), "dw_gemm_max_cin": int,
@@ -426,10 +427,10 @@ def main(argv=None) -> int:
     ap.add_argument("--variants", default="",
                     help="extra variants, e.g. 'jaxgan:upsample=transpose,jaxgan:critic_loop=scan'")
     ap.add_argument("--upsample", default="auto",
-                    choices=("auto", "phase", "subpixel", "transpose"))
-    ap.add_argument("--critic_loop", default="auto", choices=("auto", "scan", "unrolled"))
+                    choices=VARIANT_KEYS["upsample"])
+    ap.add_argument("--critic_loop", default="auto", choices=VARIANT_KEYS["critic_loop"])
     ap.add_argument("--xla_flags", default="")
-    ap.add_argument("--conv", default="auto", choices=("auto", "fast", "xla"),
+    ap.add_argument("--conv", default="auto", choices=VARIANT_KEYS["conv"],
                     help="jaxgan conv gradients (layers.default_conv_impl); auto: fast on CPU")
     ap.add_argument("--repeats", type=int, default=5, help="timed repeats per variant (median)")
     ap.add_argument("--steps", type=int, default=1, help="training steps per timed repeat")

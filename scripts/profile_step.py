@@ -113,8 +113,9 @@ def main(argv=None) -> int:
     import jax
     import jax.numpy as jnp
 
-    sys.path.insert(0, HERE)
+    sys.path[:0] = [HERE, os.path.dirname(HERE)]
     from benchmark import compiled_hw6_step, hw6_config, random_images
+    from jaxgan import layers
 
     if jax.default_backend() != "cpu":
         print("error: profile_step.py reads XLA:CPU thunk events; run it on CPU", file=sys.stderr)
@@ -153,7 +154,7 @@ def main(argv=None) -> int:
           f"device(s), {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}; {args.steps} "
           f"profiled step(s)")
     print(f"wall {wall * 1e3:.0f} ms/step; events summed over threads {summed:.0f} ms/step")
-    if tuple(int(x) for x in re.findall(r"\d+", jax.__version__)[:2]) < (0, 10):
+    if layers.jaxlib_version() < (0, 10):
         print(f"# warning: jax {jax.__version__}: its XLA:CPU events time the convolutions' "
               "launch, not their work (jax 0.8: 'Wait for donation holds' holds the step); "
               "the FLOP rates below are not measurements")

@@ -264,9 +264,9 @@ def test_conv_impl_is_chosen_per_backend_and_validated():
 def test_step_compiler_options_turn_off_ynnpack_convolutions_only_on_new_cpu_jaxlibs(monkeypatch):
     from jaxgan import layers as layers_lib
 
-    monkeypatch.setattr(layers_lib, "_jaxlib_version", lambda: (0, 10))
+    monkeypatch.setattr(layers_lib, "jaxlib_version", lambda: (0, 10))
     assert layers_lib.step_compiler_options("cpu") == {}
-    monkeypatch.setattr(layers_lib, "_jaxlib_version", lambda: (0, 12))
+    monkeypatch.setattr(layers_lib, "jaxlib_version", lambda: (0, 12))
     assert layers_lib.step_compiler_options("gpu") == {}
     options = layers_lib.step_compiler_options("cpu")
     assert options
