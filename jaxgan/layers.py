@@ -335,12 +335,18 @@ def step_compiler_options(backend: str) -> dict[str, str]:
     """XLA options the training step is compiled with on a JAX backend (`jax.jit(...,
     compiler_options=...)`: this one program, no process-wide flag).
 
-    CPU with jaxlib >= 0.12: XLA's own convolutions instead of YNNPACK's. jax 0.12's YNNPACK
-    convs ran the HW6 steps slower on a 2-core Xeon: gan 2697 vs 2322 ms and 2918 vs 2567 ms,
-    WGAN-GP 13086 vs 9749 ms (BUILD_NOTES.md, session 16); with jax 0.10.2 the two were within
-    noise, so older jaxlibs (0.8 does not know the option) keep their default.
+    On CPU, where measured faster: XLA's own convolutions instead of YNNPACK's. HW6 steps,
+    default vs without YNNPACK (BUILD_NOTES.md, sessions 16-17): jaxlib >= 0.12 on a 2-core
+    Xeon gan 2697 vs 2322 ms, WGAN-GP 13086 vs 9749 ms, on a 2-core EPYC 1608 vs 1472 and
+    7719 vs 7285 ms; jaxlib 0.10 on the EPYC 1874 vs 1649 and 1966 vs 1694 ms (gan), 9915 vs
+    8505 and 9132 vs 8729 ms (WGAN-GP), on the Xeon within noise; jaxlib 0.11 on the EPYC gan
+    8-11% slower without it. Elsewhere (0.11, 0.10 on Intel; 0.8 does not know the option)
+    XLA's default stays.
     """
-    if backend == "cpu" and jaxlib_version() >= (0, 12):
+    if backend != "cpu":
+        return {}
+    version = jaxlib_version()
+    if version >= (0, 12) or (version[:2] == (0, 10) and _cpu_vendor() == "AuthenticAMD"):
         return {"xla_cpu_experimental_ynn_fusion_type": ""}
     return {}
 

@@ -261,14 +261,23 @@ def test_conv_impl_is_chosen_per_backend_and_validated():
         layers.conv2d(jnp.zeros((1, 4, 4, 2)), jnp.zeros((3, 3, 2, 2)), grad_impl="im2col")
 
 
-def test_step_compiler_options_turn_off_ynnpack_convolutions_only_on_new_cpu_jaxlibs(monkeypatch):
+def test_step_compiler_options_turn_off_ynnpack_convolutions_only_where_measured_faster(monkeypatch):
     from jaxgan import layers as layers_lib
 
-    monkeypatch.setattr(layers_lib, "jaxlib_version", lambda: (0, 10))
-    assert layers_lib.step_compiler_options("cpu") == {}
-    monkeypatch.setattr(layers_lib, "jaxlib_version", lambda: (0, 12))
-    assert layers_lib.step_compiler_options("gpu") == {}
-    options = layers_lib.step_compiler_options("cpu")
+    def options_for(version, vendor, backend="cpu"):
+        monkeypatch.setattr(layers_lib, "jaxlib_version", lambda: version)
+        monkeypatch.setattr(layers_lib, "_cpu_vendor", lambda: vendor)
+        return layers_lib.step_compiler_options(backend)
+
+    # measured faster without YNNPACK: jaxlib >= 0.12 anywhere, 0.10 on AMD (BUILD_NOTES.md)
+    for version, vendor in [((0, 12), "GenuineIntel"), ((0, 13), "AuthenticAMD"),
+                            ((0, 10), "AuthenticAMD")]:
+        assert options_for(version, vendor), (version, vendor)
+    for version, vendor in [((0, 10), "GenuineIntel"), ((0, 11), "AuthenticAMD"),
+                            ((0, 8), "AuthenticAMD"), ((0, 10), "")]:
+        assert options_for(version, vendor) == {}, (version, vendor)
+    assert options_for((0, 12), "GenuineIntel", "gpu") == {}
+    options = options_for((0, 12), "GenuineIntel")
     assert options
     x = jnp.ones((4, 8, 8, 16))
     w = jnp.full((3, 3, 16, 32), 0.01)
