@@ -347,7 +347,23 @@ def step_compiler_options(backend: str) -> dict[str, str]:
         return {}
     version = jaxlib_version()
     if version >= (0, 12) or (version[:2] == (0, 10) and _cpu_vendor() == "AuthenticAMD"):
-        return {"xla_cpu_experimental_ynn_fusion_type": ""}
+        return dict(_WITHOUT_YNNPACK)
+    return {}
+
+
+_WITHOUT_YNNPACK = {"xla_cpu_experimental_ynn_fusion_type": ""}
+
+
+def sampler_compiler_options(backend: str) -> dict[str, str]:
+    """XLA options for the generator's sampling program (grids, `jaxgan.sample`, evaluation).
+
+    Measured apart from the step: the HW6 generator's eval-mode forward pass at batch 500 on a
+    2-core EPYC (BUILD_NOTES.md, session 17) ran 1.7x faster without YNNPACK under jaxlib 0.10
+    (2323 / 2426 vs 1379 / 1438 ms) but 1.2x slower under 0.12 (1185 vs 1458 ms), so only
+    jaxlib 0.10 on AMD drops it; elsewhere XLA's default stays.
+    """
+    if backend == "cpu" and jaxlib_version()[:2] == (0, 10) and _cpu_vendor() == "AuthenticAMD":
+        return dict(_WITHOUT_YNNPACK)
     return {}
 
 

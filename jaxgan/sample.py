@@ -103,7 +103,7 @@ def generate_labelled(workdir: str, num: int, seed: int = 0, step: int | None = 
     categories = 0 if k else int(config.model.get("z_categories", 0))
     ys = request_labels(num, labels, k, categories)
     num = num if ys is None else len(ys)
-    sampler = jax.jit(step_lib.make_sampler(generator))
+    sampler = step_lib.jit_sampler(generator)
     z_dim = int(config.model.z_dim)
     key = jax.random.PRNGKey(seed)
     out = []

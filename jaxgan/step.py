@@ -18,6 +18,7 @@ import optax
 
 from jaxgan import augment as augment_lib
 from jaxgan import data as data_lib
+from jaxgan import layers
 from jaxgan import losses as losses_lib
 from jaxgan import models as models_lib
 from jaxgan import state as state_lib
@@ -287,6 +288,13 @@ def repeat_step(train_step: Callable, num_steps: int) -> Callable:
         return state, jax.tree.map(lambda m: m[-1], metrics)
 
     return multi
+
+
+def jit_sampler(generator) -> Callable:
+    """`make_sampler` compiled as every caller compiles it (training grids and evaluation,
+    `jaxgan.sample`), so the same z gives the same samples everywhere."""
+    return jax.jit(make_sampler(generator),
+                   compiler_options=layers.sampler_compiler_options(jax.default_backend()))
 
 
 def make_sampler(generator) -> Callable:

@@ -307,7 +307,7 @@ def train_and_evaluate(config, workdir: str, progress: bool = True, log=print):
                                   compiler_options=step_options)
         return compiled[k](state, {"real": next(stream)} if stream is not None else device_data)
 
-    sampler = jax.jit(step_lib.make_sampler(generator))
+    sampler = step_lib.jit_sampler(generator)
     grid_labels = None
     categories = int(config.model.z_categories)
     if not 0 < categories <= int(config.train.num_grid) // 4 or dataset.is_mixture:

@@ -65,7 +65,7 @@ def test_evaluator_streams_in_process_samples_like_train_would(ring_workdir):
     from jaxgan import step as step_lib
     config, generator, g, _ = sample_lib.load_generator(ring_workdir)
     evaluator = ev.Evaluator(config)  # loaded once; called every K steps
-    sampler = jax.jit(step_lib.make_sampler(generator))
+    sampler = step_lib.jit_sampler(generator)
     chunks = ev.sample_batches(sampler, g["params"], g["stats"], jax.random.PRNGKey(0), 300,
                                int(config.model.z_dim), batch_size=128, mixture=True)
     streamed = evaluator(chunks)

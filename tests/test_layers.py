@@ -277,6 +277,14 @@ def test_step_compiler_options_turn_off_ynnpack_convolutions_only_where_measured
                             ((0, 8), "AuthenticAMD"), ((0, 10), "")]:
         assert options_for(version, vendor) == {}, (version, vendor)
     assert options_for((0, 12), "GenuineIntel", "gpu") == {}
+    # the sampler's own measurement: faster without YNNPACK only under jaxlib 0.10 on AMD
+    assert layers_lib.sampler_compiler_options("cpu") == {}  # (0, 12) patched in above
+    monkeypatch.setattr(layers_lib, "jaxlib_version", lambda: (0, 10))
+    monkeypatch.setattr(layers_lib, "_cpu_vendor", lambda: "AuthenticAMD")
+    assert layers_lib.sampler_compiler_options("cpu") == options_for((0, 10), "AuthenticAMD")
+    assert layers_lib.sampler_compiler_options("gpu") == {}
+    monkeypatch.setattr(layers_lib, "_cpu_vendor", lambda: "GenuineIntel")
+    assert layers_lib.sampler_compiler_options("cpu") == {}
     options = options_for((0, 12), "GenuineIntel")
     assert options
     x = jnp.ones((4, 8, 8, 16))
