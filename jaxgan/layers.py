@@ -345,13 +345,17 @@ def step_compiler_options(backend: str) -> dict[str, str]:
     """
     if backend != "cpu":
         return {}
-    version = jaxlib_version()
-    if version >= (0, 12) or (version[:2] == (0, 10) and _cpu_vendor() == "AuthenticAMD"):
+    if jaxlib_version() >= (0, 12) or _amd_with_jaxlib_0_10():
         return dict(_WITHOUT_YNNPACK)
     return {}
 
 
 _WITHOUT_YNNPACK = {"xla_cpu_experimental_ynn_fusion_type": ""}
+
+
+def _amd_with_jaxlib_0_10() -> bool:
+    """Where both the step and the sampler ran faster without YNNPACK (BUILD_NOTES.md)."""
+    return jaxlib_version()[:2] == (0, 10) and _cpu_vendor() == "AuthenticAMD"
 
 
 def sampler_compiler_options(backend: str) -> dict[str, str]:
@@ -362,7 +366,7 @@ def sampler_compiler_options(backend: str) -> dict[str, str]:
     (2323 / 2426 vs 1379 / 1438 ms) but 1.2x slower under 0.12 (1185 vs 1458 ms), so only
     jaxlib 0.10 on AMD drops it; elsewhere XLA's default stays.
     """
-    if backend == "cpu" and jaxlib_version()[:2] == (0, 10) and _cpu_vendor() == "AuthenticAMD":
+    if backend == "cpu" and _amd_with_jaxlib_0_10():
         return dict(_WITHOUT_YNNPACK)
     return {}
 
