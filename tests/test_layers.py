@@ -264,10 +264,11 @@ def test_conv_impl_is_chosen_per_backend_and_validated():
 def test_step_compiler_options_turn_off_ynnpack_convolutions_only_where_measured_faster(monkeypatch):
     from jaxgan import layers as layers_lib
 
-    def options_for(version, vendor, backend="cpu"):
+    def options_for(version, vendor, backend="cpu", program="step"):
         monkeypatch.setattr(layers_lib, "jaxlib_version", lambda: version)
         monkeypatch.setattr(layers_lib, "_cpu_vendor", lambda: vendor)
-        return layers_lib.step_compiler_options(backend)
+        return {"step": layers_lib.step_compiler_options,
+                "sampler": layers_lib.sampler_compiler_options}[program](backend)
 
     # measured faster without YNNPACK: jaxlib >= 0.12 anywhere, 0.10 on AMD (BUILD_NOTES.md)
     for version, vendor in [((0, 12), "GenuineIntel"), ((0, 13), "AuthenticAMD"),
@@ -278,13 +279,13 @@ def test_step_compiler_options_turn_off_ynnpack_convolutions_only_where_measured
         assert options_for(version, vendor) == {}, (version, vendor)
     assert options_for((0, 12), "GenuineIntel", "gpu") == {}
     # the sampler's own measurement: faster without YNNPACK only under jaxlib 0.10 on AMD
-    assert layers_lib.sampler_compiler_options("cpu") == {}  # (0, 12) patched in above
-    monkeypatch.setattr(layers_lib, "jaxlib_version", lambda: (0, 10))
-    monkeypatch.setattr(layers_lib, "_cpu_vendor", lambda: "AuthenticAMD")
-    assert layers_lib.sampler_compiler_options("cpu") == options_for((0, 10), "AuthenticAMD")
-    assert layers_lib.sampler_compiler_options("gpu") == {}
-    monkeypatch.setattr(layers_lib, "_cpu_vendor", lambda: "GenuineIntel")
-    assert layers_lib.sampler_compiler_options("cpu") == {}
+    assert (options_for((0, 10), "AuthenticAMD", program="sampler")
+            == options_for((0, 10), "AuthenticAMD"))
+    for version, vendor, backend in [((0, 12), "GenuineIntel", "cpu"),
+                                     ((0, 12), "AuthenticAMD", "cpu"),
+                                     ((0, 10), "GenuineIntel", "cpu"),
+                                     ((0, 10), "AuthenticAMD", "gpu")]:
+        assert options_for(version, vendor, backend, "sampler") == {}, (version, vendor, backend)
     options = options_for((0, 12), "GenuineIntel")
     assert options
     x = jnp.ones((4, 8, 8, 16))
