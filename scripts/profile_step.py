@@ -14,12 +14,17 @@ which this script adds to XLA_FLAGS). Printed per step:
     XLA's own fusions (elementwise, normalisation, optimizer, copies);
   * the slowest operations with their convolution or dot shapes, FLOPs (2 x output elements x
     contraction length, from the compiled HLO) and the GFLOP/s they ran at, and the FLOP rate of
-    all convolutions and dots together, to set against the CPU's peak (a large f32 / bf16 matmul
-    is timed for that reference: `--peak_matmul`).
+    the convolutions and dots in YNNPACK together, to set against the CPU's peak (a large f32 /
+    bf16 matmul is timed for that reference: `--peak_matmul`).
 
-CPU only: GPU traces name kernels, not HLO operations (use the benchmark's MFU there). Written
-for jax 0.10's XLA:CPU: with jax 0.8 the trace times the convolutions' launch, not their work,
-and the script says so.
+Only YNNPACK's calls (`ynn_fusion`) are timed as work. Convolutions and dots that XLA:CPU runs
+with its own Eigen kernels (all of them with jax 0.8; those of the step compiled without YNNPACK,
+`layers.step_compiler_options`) run on Eigen's thread pool, and their events can end before
+the work does (session 18: 9-150 TFLOP/s "measured" on 2 cores). The script prints no rate for
+those and says so; their work shows only in the wall time. `--step_options none` profiles the
+step as XLA compiles it by default instead (YNNPACK's convolutions where the jaxlib has them).
+
+CPU only: GPU traces name kernels, not HLO operations (use the benchmark's MFU there).
 """
 from __future__ import annotations
 
@@ -52,7 +57,7 @@ def op_flops(hlo: str) -> dict[str, tuple[float, str]]:
     computations = {m.group(1): m.group(2) for m in re.finditer(
         r"\n(?:ENTRY )?%?([\w.\-]+) [^\n{]*\{\n(.*?)\n\}", hlo, re.S)}
     callers = {m.group(2): m.group(1) for m in re.finditer(
-        r"\n\s*%?([\w.\-]+) = [^\n]* fusion\([^\n]*calls=%?([\w.\-]+)", hlo)}
+        r"\n\s*(?:ROOT )?%?([\w.\-]+) = [^\n]* fusion\([^\n]*calls=%?([\w.\-]+)", hlo)}
     out = {}
     for computation, body in computations.items():
         shapes = {m.group(1): _shape(m.group(2)) for m in re.finditer(
@@ -76,6 +81,12 @@ def op_flops(hlo: str) -> dict[str, tuple[float, str]]:
             f0, d0 = out.get(owner, (0.0, ""))
             out[owner] = (f0 + flops, f"{d0}; {desc}" if d0 else desc)
     return out
+
+
+def launch_timed(ops: dict) -> set[str]:
+    """The convolutions and dots of `op_flops` whose trace events need not time their work: all
+    but YNNPACK's calls (Eigen's kernels finish on its thread pool after the event ends)."""
+    return {name for name in ops if not name.startswith("ynn_fusion")}
 
 
 def _peak_matmul(dtype_name: str, n: int = 2048) -> float:
@@ -105,6 +116,9 @@ def main(argv=None) -> int:
     p.add_argument("--peak_matmul", action="store_true",
                    help="also time a 2048^3 matmul in f32 and bf16 (the CPU's GEMM rate)")
     p.add_argument("--json", help="also write the per-operation table here")
+    p.add_argument("--step_options", choices=("auto", "none"), default="auto",
+                   help="auto: compile the step as jaxgan.train does "
+                        "(layers.step_compiler_options); none: XLA's default options")
     args = p.parse_args(argv)
 
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
@@ -120,11 +134,14 @@ def main(argv=None) -> int:
     if jax.default_backend() != "cpu":
         print("error: profile_step.py reads XLA:CPU thunk events; run it on CPU", file=sys.stderr)
         return 2
+    if args.step_options == "none":
+        layers.step_compiler_options = lambda backend: {}
     c = hw6_config(args.loss, args.batch)
     dtype = jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32
     data = random_images(4 * args.batch)
     state, step, _ = compiled_hw6_step(c, dtype, data)
     ops = op_flops(step.as_text())
+    untimed = launch_timed(ops)
     for _ in range(args.warmup):
         state, _ = step(state, data)
     jax.block_until_ready(state)
@@ -154,17 +171,22 @@ def main(argv=None) -> int:
           f"device(s), {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}; {args.steps} "
           f"profiled step(s)")
     print(f"wall {wall * 1e3:.0f} ms/step; events summed over threads {summed:.0f} ms/step")
-    if layers.jaxlib_version() < (0, 10):
-        print(f"# warning: jax {jax.__version__}: its XLA:CPU events time the convolutions' "
-              "launch, not their work (jax 0.8: 'Wait for donation holds' holds the step); "
-              "the FLOP rates below are not measurements")
+    options = layers.step_compiler_options(jax.default_backend())
+    print(f"step compiled with {options or 'XLA default options'}")
+    if untimed:
+        hint = " (--step_options none: YNNPACK's, timed)" if options else ""
+        print(f"# note: {len(untimed)} of {len(ops)} convolutions / dots run in XLA's Eigen "
+              "kernels, whose events may time only their launch:\n# no FLOP rate is printed for "
+              f"them ('launch'); their work is in the wall time{hint}")
     print("\n## by kind (ms/step, share of the summed events)")
     for kind, ms in by_kind.most_common(12):
         print(f"{ms:9.1f}  {100 * ms / summed:5.1f}%  {kind}")
-    conv_ms = sum(ms for name, ms in per_op.items() if name in ops)
-    conv_flops = sum(ops[name][0] for name in per_op if name in ops)
-    print(f"\nconvolutions and dots: {conv_ms:.0f} ms/step, {conv_flops / 1e9:.1f} GFLOP, "
-          f"{conv_flops / max(conv_ms, 1e-9) / 1e6:.0f} GFLOP/s")
+    timed = [name for name in per_op if name in ops and name not in untimed]
+    conv_ms = sum(per_op[name] for name in timed)
+    conv_flops = sum(ops[name][0] for name in timed)
+    if timed:
+        print(f"\nconvolutions and dots in YNNPACK: {conv_ms:.0f} ms/step, "
+              f"{conv_flops / 1e9:.1f} GFLOP, {conv_flops / max(conv_ms, 1e-9) / 1e6:.0f} GFLOP/s")
     if args.peak_matmul:
         print(f"2048^3 matmul: f32 {_peak_matmul('float32'):.0f} GFLOP/s, "
               f"bf16 {_peak_matmul('bfloat16'):.0f} GFLOP/s")
@@ -172,9 +194,11 @@ def main(argv=None) -> int:
     rows = []
     for name, ms in per_op.most_common():
         flops, desc = ops.get(name, (0.0, ""))
-        rows.append({"op": name, "ms": ms, "gflops": flops / 1e9, "desc": desc})
+        rows.append({"op": name, "ms": ms, "gflops": flops / 1e9, "desc": desc,
+                     "launch_only": name in untimed})
     for r in rows[:args.top]:
-        rate = f"{r['gflops'] / r['ms'] * 1e3:5.0f}" if r["gflops"] else "    -"
+        rate = ("launch" if r["launch_only"] else
+                f"{r['gflops'] / r['ms'] * 1e3:5.0f}" if r["gflops"] else "    -")
         print(f"{r['ms']:7.1f} {rate}  {r['op']:<28} {r['desc']}")
     if args.json:
         with open(args.json, "w") as f:
