@@ -26,6 +26,13 @@ given): XLA's cost analysis of the jaxgan step lowered with the n_critic loop un
 plain transposed-conv formulation, i.e. model FLOPs (the sub-pixel kernel's zero taps are not
 counted); the same count is used for torch's MFU.
 
+GEMM reference (`--gemm_peak`, any device): each worker also times an n x n x n matmul in the
+step's dtype with its own library (n = 2048 on CPU, 8192 on GPU, f32 accumulation, median of
+5), and the table gives each variant's model GFLOP/s and its share of the fastest of those GEMM
+rates ("of GEMM"), plus the rate the CPU goal (1.2x torch eager) would take. On CPU, where no
+peak is published for a shared 2-core slice, this is the ceiling a step of dense convolutions
+can approach.
+
 Knobs for profiling jaxgan (monkeypatched here; jaxgan itself is not changed):
   --upsample auto|phase|subpixel|transpose   TorchConvTranspose implementation
   --critic_loop auto|scan|unrolled     n_critic loop form
@@ -131,6 +138,43 @@ def compiled_hw6_step(c, dtype, data):
     return state, step, (t1 - t0, time.perf_counter() - t1)
 
 
+def jax_gemm_gflops(dtype_name: str, n: int = 2048) -> float:
+    """GFLOP/s of an n x n x n matmul in this dtype (f32 accumulation) on JAX's default
+    device, median of 5."""
+    import jax
+    import jax.numpy as jnp
+    dtype = jnp.bfloat16 if dtype_name == "bfloat16" else jnp.float32
+    a = jnp.ones((n, n), dtype)
+    f = jax.jit(lambda a, b: jnp.dot(a, b, preferred_element_type=jnp.float32))
+    f(a, a).block_until_ready()
+    times = []
+    for _ in range(5):
+        t = time.perf_counter()
+        f(a, a).block_until_ready()
+        times.append(time.perf_counter() - t)
+    return 2.0 * n ** 3 / sorted(times)[2] / 1e9
+
+
+def _torch_gemm_gflops(torch, dtype_name: str, dev: str, n: int) -> float:
+    """The same matmul with torch (bf16 inputs, as autocast runs them; f32 otherwise)."""
+    dtype = torch.bfloat16 if dtype_name == "bfloat16" else torch.float32
+    a = torch.ones(n, n, dtype=dtype, device=dev)
+    sync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
+    a @ a
+    sync()
+    times = []
+    for _ in range(5):
+        t = time.perf_counter()
+        a @ a
+        sync()
+        times.append(time.perf_counter() - t)
+    return 2.0 * n ** 3 / sorted(times)[2] / 1e9
+
+
+def _gemm_n(device: str) -> int:
+    return 8192 if device == "gpu" else 2048
+
+
 def _jax_worker(spec: dict, send) -> None:
     if spec.get("xla_flags"):
         flags = os.environ.get("XLA_FLAGS", "") + " " + spec["xla_flags"]
@@ -168,6 +212,8 @@ def _jax_worker(spec: dict, send) -> None:
             "step_options": layers.step_compiler_options(jax.default_backend())}
     if spec["count_flops"]:
         info["flops"] = _model_flops(c, dtype, state, data)
+    if spec.get("gemm_peak"):
+        info["gemm_gflops"] = jax_gemm_gflops(spec["dtype"], _gemm_n(spec["device"]))
     for _ in range(spec["warmup"]):
         state, _ = step(state, data)
     jax.block_until_ready(state)
@@ -261,6 +307,9 @@ def _torch_worker(spec: dict, send) -> None:
     info = {"compile_s": max(first - normal, 0.0) if spec["impl"] == "torch-compile" else None,
             "first_step_s": first, "torch": torch.__version__,
             "threads": torch.get_num_threads(), "interop_threads": torch.get_num_interop_threads()}
+    if spec.get("gemm_peak"):
+        info["gemm_gflops"] = _torch_gemm_gflops(torch, spec["dtype"], dev,
+                                                 _gemm_n(spec["device"]))
     if gpu:
         torch.cuda.reset_peak_memory_stats()
 
@@ -440,6 +489,9 @@ def main(argv=None) -> int:
     ap.add_argument("--num_images", type=int, default=1024, help="device-resident random images")
     ap.add_argument("--peak_tflops", type=float, default=0.0,
                     help="accelerator peak (dense, this dtype) for model FLOPs utilization")
+    ap.add_argument("--gemm_peak", action="store_true",
+                    help="also time a large matmul in each worker and report the step's model "
+                         "GFLOP/s against the fastest")
     ap.add_argument("--torch_python", default="",
                     help="interpreter for torch workers (default: this one if it imports torch, "
                          f"else {FALLBACK_TORCH_PYTHON})")
@@ -470,7 +522,7 @@ def main(argv=None) -> int:
     else:  # workers share the GPU: a JAX worker reserves 40% of it, not its default 75%
         env.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.4")
 
-    count_flops = args.device == "gpu" or args.peak_tflops > 0
+    count_flops = args.device == "gpu" or args.peak_tflops > 0 or args.gemm_peak
     cmd = [os.path.basename(sys.executable), "scripts/benchmark.py"]
     cmd += argv if argv is not None else sys.argv[1:]
     print(f"# {' '.join(cmd)}")
@@ -490,7 +542,7 @@ def main(argv=None) -> int:
                     "xla_flags": kv.get("xla_flags", args.xla_flags),
                     "conv": kv.get("conv", args.conv),
                     "dw_gemm_max_cin": kv.get("dw_gemm_max_cin"),
-                    "step_options": kv.get("step_options"),
+                    "step_options": kv.get("step_options"), "gemm_peak": args.gemm_peak,
                     "count_flops": count_flops and impl == "jaxgan" and not kv}
             w = Worker(_label(impl, kv), sys.executable if impl == "jaxgan" else torch_python,
                        spec, env, log)
@@ -522,6 +574,8 @@ def _report(loss: str, workers, args) -> list[dict]:
     head = f"{'variant':<34}{'ms/step':>9}{'img/s':>8}{'compile s':>10}{'peak MB':>9}{'+MB':>7}"
     head += f"{'vs torch-eager':>15}{'vs jaxgan':>10}"
     head += f"{'MFU':>7}" if args.peak_tflops and flops else ""
+    gemm = max((w.info.get("gemm_gflops", 0.0) for w in workers), default=0.0)
+    head += f"{'GFLOP/s':>9}{'of GEMM':>8}" if gemm and flops else ""
     print(head)
     rows = []
     for w in workers:
@@ -547,6 +601,9 @@ def _report(loss: str, workers, args) -> list[dict]:
             mfu = flops / t / (args.peak_tflops * 1e12)
             row["mfu"] = mfu
             line += f"{100 * mfu:>6.1f}%"
+        if gemm and flops:
+            row["model_gflops_per_s"] = flops / t / 1e9
+            line += f"{flops / t / 1e9:>9.1f}{100 * flops / t / 1e9 / gemm:>7.0f}%"
         row.update({"median_s": t, "images_per_s": ips, "speed_vs_torch_eager": vs_torch,
                     "speed_vs_jaxgan": vs_jax})
         print(line)
@@ -564,9 +621,16 @@ def _report(loss: str, workers, args) -> list[dict]:
         if w.times:
             extra.append(f"{w.name}: ms/step per repeat "
                          + " ".join(f"{1e3 * x:.0f}" for x in w.times))
+        if w.info.get("gemm_gflops"):
+            extra.append(f"{w.name}: {_gemm_n(args.device)}^3 {args.dtype} matmul "
+                         f"{w.info['gemm_gflops']:.0f} GFLOP/s")
     if flops:
         extra.append("model FLOPs/step (XLA cost analysis, transpose conv, unrolled): "
                      f"{flops / 1e9:.1f} G")
+    if gemm and flops and "torch-eager" in ref:
+        goal = flops / (ref["torch-eager"] / 1.2) / 1e9
+        extra.append(f"1.2x torch eager would take {goal:.1f} model GFLOP/s, "
+                     f"{100 * goal / gemm:.0f}% of the fastest matmul here ({gemm:.0f} GFLOP/s)")
     for e in extra:
         print("#   " + e)
     return rows

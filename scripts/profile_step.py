@@ -89,22 +89,6 @@ def launch_timed(ops: dict) -> set[str]:
     return {name for name in ops if not name.startswith("ynn_fusion")}
 
 
-def _peak_matmul(dtype_name: str, n: int = 2048) -> float:
-    """GFLOP/s of an n x n x n matmul in this dtype (f32 accumulation), median of 5."""
-    import jax
-    import jax.numpy as jnp
-    dtype = jnp.bfloat16 if dtype_name == "bfloat16" else jnp.float32
-    a = jnp.ones((n, n), dtype)
-    f = jax.jit(lambda a, b: jnp.dot(a, b, preferred_element_type=jnp.float32))
-    f(a, a).block_until_ready()
-    times = []
-    for _ in range(5):
-        t = time.perf_counter()
-        f(a, a).block_until_ready()
-        times.append(time.perf_counter() - t)
-    return 2.0 * n ** 3 / sorted(times)[2] / 1e9
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--loss", choices=("gan", "wgan-gp"), default="gan")
@@ -128,7 +112,7 @@ def main(argv=None) -> int:
     import jax.numpy as jnp
 
     sys.path[:0] = [HERE, os.path.dirname(HERE)]
-    from benchmark import compiled_hw6_step, hw6_config, random_images
+    from benchmark import compiled_hw6_step, hw6_config, jax_gemm_gflops, random_images
     from jaxgan import layers
 
     if jax.default_backend() != "cpu":
@@ -188,8 +172,8 @@ def main(argv=None) -> int:
         print(f"\nconvolutions and dots in YNNPACK: {conv_ms:.0f} ms/step, "
               f"{conv_flops / 1e9:.1f} GFLOP, {conv_flops / max(conv_ms, 1e-9) / 1e6:.0f} GFLOP/s")
     if args.peak_matmul:
-        print(f"2048^3 matmul: f32 {_peak_matmul('float32'):.0f} GFLOP/s, "
-              f"bf16 {_peak_matmul('bfloat16'):.0f} GFLOP/s")
+        print(f"2048^3 matmul: f32 {jax_gemm_gflops('float32'):.0f} GFLOP/s, "
+              f"bf16 {jax_gemm_gflops('bfloat16'):.0f} GFLOP/s")
     print(f"\n## slowest {args.top} operations (ms/step, GFLOP/s)")
     rows = []
     for name, ms in per_op.most_common():

@@ -5,13 +5,14 @@ import os
 import subprocess
 import sys
 
+import pytest
 from conftest import REPO
 
 
 def test_benchmark_runs_the_hw6_step_and_reports_it():
     cmd = [sys.executable, os.path.join(REPO, "scripts", "benchmark.py"), "--losses", "gan",
            "--impls", "jaxgan", "--batch", "4", "--repeats", "1", "--steps", "1",
-           "--num_images", "8", "--warmup", "0"]
+           "--num_images", "8", "--warmup", "0", "--gemm_peak"]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
                          env={**os.environ, "JAX_PLATFORMS": "cpu"})
     assert out.returncode == 0, out.stderr[-2000:]
@@ -20,6 +21,13 @@ def test_benchmark_runs_the_hw6_step_and_reports_it():
     assert float(fields[1]) > 0  # ms/step
     assert fields[6] == "-" and fields[7] == "1.00x"  # no torch row to compare with
     assert "upsample=phase conv=fast" in out.stdout  # the CPU defaults were timed
+    # --gemm_peak: model GFLOP/s = model FLOPs / step time, and its share of the matmul's rate
+    flops = float(out.stdout.split("model FLOPs/step (XLA cost analysis")[1].split(": ")[1]
+                  .split(" G")[0])
+    gemm = float(out.stdout.split("2048^3 float32 matmul ")[1].split(" GFLOP/s")[0])
+    rate, share = float(fields[8]), float(fields[9].rstrip("%"))
+    assert rate == pytest.approx(flops / (float(fields[1]) / 1e3), rel=0.02, abs=0.1)
+    assert share == pytest.approx(100 * rate / gemm, abs=1)
 
 
 def test_a_misspelt_variant_is_a_one_line_error_not_a_run_of_the_defaults():
