@@ -77,7 +77,7 @@ bench() {
   local dtype=$1 batch=$2 peak=$3 limit=$4 impls=$5
   step "benchmark $dtype batch $batch" "$limit" "$PY" scripts/benchmark.py --device "$DEVICE" \
       --losses gan,wgan-gp --impls "$impls" --dtype "$dtype" --batch "$batch" \
-      --peak_tflops "$peak" --repeats 3 --steps 10 --warmup 3 \
+      --peak_tflops "$peak" --gemm_peak --repeats 3 --steps 10 --warmup 3 \
       --json "$OUT/bench_${dtype}_b${batch}.json" --log "$OUT/workers_${dtype}_b${batch}.log" \
       "${EXTRA[@]}"
 }
