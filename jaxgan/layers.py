@@ -212,6 +212,15 @@ def _torch_out_size(n_in: int, k: int, s: int, p: int, op: int) -> int:
 
 
 def _subpixel_conv_transpose(x, kernel, strides, pads, opads, precision, grad_impl):
+    x, conv_pads, out_sizes = _subpixel_geometry(x, kernel, strides, pads, opads)
+    y = conv2d(x, subpixel_kernel(kernel, strides, pads), (1, 1), conv_pads, precision,
+               grad_impl)
+    return depth_to_space(y, *strides)[:, : out_sizes[0], : out_sizes[1], :]
+
+
+def _subpixel_geometry(x, kernel, strides, pads, opads):
+    """The sub-pixel form's input (cropped where torch's padding is large), the stride-1 conv's
+    padding, and the output size."""
     kh, kw = kernel.shape[:2]
     out_sizes, conv_pads = [], []
     for axis, (k, s, p, op) in enumerate(zip((kh, kw), strides, pads, opads)):
@@ -226,10 +235,7 @@ def _subpixel_conv_transpose(x, kernel, strides, pads, opads, precision, grad_im
         x = lax.slice_in_dim(x, start, stop, axis=1 + axis)
         out_sizes.append(n_out)
         conv_pads.append((max(lo, 0), max(hi, 0)))
-    y = conv2d(x, subpixel_kernel(kernel, strides, pads), (1, 1), conv_pads, precision,
-               grad_impl)
-    y = depth_to_space(y, *strides)
-    return y[:, : out_sizes[0], : out_sizes[1], :]
+    return x, tuple(conv_pads), tuple(out_sizes)
 
 
 def _phase_axis_plan(n_in: int, k: int, s: int, p: int, op: int):
@@ -247,10 +253,24 @@ def _phase_axis_plan(n_in: int, k: int, s: int, p: int, op: int):
     return phases, q, n_out
 
 
+# Widest output (channels) that a transposed conv computes in the sub-pixel form, one conv
+# with s*s*C_out channels, instead of one conv per phase with C_out: a conv with 1-4 output
+# channels uses the CPU poorly, and the zero taps the sub-pixel kernel adds cost less than
+# that. Forward of a k5 / k4 s2 transposed conv, batch 64 (BUILD_NOTES.md, session 18):
+# 32x32x64 -> 64x64x3 34-40 ms by phases vs 13-14 ms sub-pixel with XLA's convolutions,
+# 22-30 vs 17-18 ms with YNNPACK's; at 16 or more channels the phases were as fast or faster.
+THIN_OUTPUT_CHANNELS = 4
+
+
 def _phase_forward(x, kernel, strides, pads, opads, precision):
     """One stride-1 conv per output phase with exactly that phase's taps (the sub-pixel conv
-    also multiplies the zero taps: 36 instead of 25 for k5 s2, 36 instead of 16 for k4 s2)."""
+    also multiplies the zero taps: 36 instead of 25 for k5 s2, 36 instead of 16 for k4 s2);
+    thin outputs (`THIN_OUTPUT_CHANNELS`) as one sub-pixel conv."""
     kh, kw, _, cout = kernel.shape
+    if cout <= THIN_OUTPUT_CHANNELS:
+        xs, conv_pads, (oy, ox) = _subpixel_geometry(x, kernel, strides, pads, opads)
+        y = _plain_conv(xs, subpixel_kernel(kernel, strides, pads), (1, 1), conv_pads, precision)
+        return depth_to_space(y, *strides)[:, :oy, :ox, :]
     n = x.shape[0]
     (py, qy, oy), (px, qx, ox) = (
         _phase_axis_plan(x.shape[1 + a], (kh, kw)[a], strides[a], pads[a], opads[a])

@@ -46,7 +46,10 @@ Knobs for profiling jaxgan (monkeypatched here; jaxgan itself is not changed):
                                        upsample, critic_loop, xla_flags, conv, dw_gemm_max_cin
                                        (layers.DW_GEMM_MAX_CIN: widest input whose kernel
                                        gradient is computed by GEMMs), step_options (auto |
-                                       none: without layers.step_compiler_options)
+                                       none: without layers.step_compiler_options),
+                                       thin_output_channels (layers.THIN_OUTPUT_CHANNELS:
+                                       widest transposed-conv output computed in the
+                                       sub-pixel form; 0 = always by phases)
 """
 from __future__ import annotations
 
@@ -193,6 +196,8 @@ def _jax_worker(spec: dict, send) -> None:
         layers.default_conv_impl = lambda backend: spec["conv"]
     if spec.get("dw_gemm_max_cin"):
         layers.DW_GEMM_MAX_CIN = int(spec["dw_gemm_max_cin"])
+    if spec.get("thin_output_channels") is not None:
+        layers.THIN_OUTPUT_CHANNELS = int(spec["thin_output_channels"])
     if spec.get("step_options") == "none":
         layers.step_compiler_options = lambda backend: {}
     dtype = jnp.bfloat16 if spec["dtype"] == "bfloat16" else jnp.float32
@@ -209,6 +214,7 @@ def _jax_worker(spec: dict, send) -> None:
             "upsample": layers.default_upsample_impl(jax.default_backend()),
             "conv": layers.default_conv_impl(jax.default_backend()),
             "dw_gemm_max_cin": layers.DW_GEMM_MAX_CIN,
+            "thin_output_channels": layers.THIN_OUTPUT_CHANNELS,
             "step_options": layers.step_compiler_options(jax.default_backend())}
     if spec["count_flops"]:
         info["flops"] = _model_flops(c, dtype, state, data)
@@ -429,7 +435,7 @@ SPEED_GOAL = {"cpu": 1.2, "gpu": 2.0}  # issue 5: jaxgan's speed over torch eage
 VARIANT_KEYS = {"upsample": ("auto", "phase", "subpixel", "transpose"),
                 "critic_loop": ("auto", "scan", "unrolled"), "xla_flags": None,
                 "conv": ("auto", "fast", "xla"), "dw_gemm_max_cin": int,
-                "step_options": ("auto", "none")}
+                "step_options": ("auto", "none"), "thin_output_channels": int}
 
 
 def _parse_variants(text: str) -> list[tuple[str, dict]]:
@@ -543,6 +549,7 @@ def main(argv=None) -> int:
                     "xla_flags": kv.get("xla_flags", args.xla_flags),
                     "conv": kv.get("conv", args.conv),
                     "dw_gemm_max_cin": kv.get("dw_gemm_max_cin"),
+                    "thin_output_channels": kv.get("thin_output_channels"),
                     "step_options": kv.get("step_options"), "gemm_peak": args.gemm_peak,
                     "count_flops": count_flops and impl == "jaxgan" and not kv}
             w = Worker(_label(impl, kv), sys.executable if impl == "jaxgan" else torch_python,
@@ -617,6 +624,7 @@ def _report(loss: str, workers, args) -> list[dict]:
             i = w.info
             extra.append(f"{w.name}: {i['backend']} x{i['devices']} loop={i['loop']} "
                          f"upsample={i['upsample']} conv={i['conv']} dw_gemm<={i['dw_gemm_max_cin']} "
+                         f"thin<={i['thin_output_channels']} "
                          f"options={i['step_options']} trace+lower {i['trace_lower_s']:.1f}s "
                          f"+ XLA {w.info['xla_compile_s']:.1f}s")
         if w.times:

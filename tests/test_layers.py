@@ -155,11 +155,16 @@ from functools import partial  # noqa: E402
 from jaxgan import layers  # noqa: E402
 
 # (name, (H, W), C_in, C_out, k, stride, padding): each row exercises another part of
-# layers._dw_gemm (space-to-depth taps, dropped taps, cropping) inside the custom VJPs.
+# layers._dw_gemm (space-to-depth taps, dropped taps, cropping) inside the custom VJPs; rows
+# of <= 4 input channels compute the input gradient in the sub-pixel form
+# (layers.THIN_OUTPUT_CHANNELS), the others by phases.
 CONV_CASES = [
     ("k4 s2 p1 (the critic), 3 channels, odd and even sizes", (7, 8), 3, 5, 4, 2, ((1, 1), (1, 1))),
     ("k5 s3 p2: taps past the kernel dropped", (8, 7), 2, 3, 5, 3, ((2, 2), (2, 2))),
     ("strided, asymmetric pads, input cropped", (8, 8), 5, 4, 4, 2, ((1, 2), (0, 1))),
+    ("the same, 3 channels", (8, 8), 3, 4, 4, 2, ((1, 2), (0, 1))),
+    ("k5 s2 SAME, 1 channel: the input gradient's output padding is negative", (8, 7), 1, 4, 5,
+     2, "SAME"),
     ("stride 1, SAME, wide output (the generator's sub-pixel convs)", (4, 4), 8, 128, 3, 1,
      "SAME"),
     ("strided, 72 input channels: XLA's kernel gradient inside the custom VJPs", (6, 5), 72, 4,
