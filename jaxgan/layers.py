@@ -203,7 +203,9 @@ def conv_transpose_torch(
         return _phase_conv_transpose(x, kernel, strides, pads, opads, precision, grad_impl)
     if implementation != "subpixel":
         raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}")
-    return _subpixel_conv_transpose(x, kernel, strides, pads, opads, precision, grad_impl)
+    return _subpixel_conv_transpose(
+        x, kernel, strides, pads, opads,
+        lambda xs, k, conv_pads: conv2d(xs, k, (1, 1), conv_pads, precision, grad_impl))
 
 
 def _torch_out_size(n_in: int, k: int, s: int, p: int, op: int) -> int:
@@ -211,16 +213,10 @@ def _torch_out_size(n_in: int, k: int, s: int, p: int, op: int) -> int:
     return (n_in - 1) * s - 2 * p + k + op
 
 
-def _subpixel_conv_transpose(x, kernel, strides, pads, opads, precision, grad_impl):
-    x, conv_pads, out_sizes = _subpixel_geometry(x, kernel, strides, pads, opads)
-    y = conv2d(x, subpixel_kernel(kernel, strides, pads), (1, 1), conv_pads, precision,
-               grad_impl)
-    return depth_to_space(y, *strides)[:, : out_sizes[0], : out_sizes[1], :]
-
-
-def _subpixel_geometry(x, kernel, strides, pads, opads):
-    """The sub-pixel form's input (cropped where torch's padding is large), the stride-1 conv's
-    padding, and the output size."""
+def _subpixel_conv_transpose(x, kernel, strides, pads, opads, conv):
+    """The transposed conv as one stride-1 conv to s*s*C_out channels + depth-to-space.
+    `conv(x, kernel, pads)` runs that conv: `conv2d` with its gradients for the 'subpixel'
+    implementation, a plain lax conv for `_phase_forward`'s thin outputs."""
     kh, kw = kernel.shape[:2]
     out_sizes, conv_pads = [], []
     for axis, (k, s, p, op) in enumerate(zip((kh, kw), strides, pads, opads)):
@@ -235,7 +231,8 @@ def _subpixel_geometry(x, kernel, strides, pads, opads):
         x = lax.slice_in_dim(x, start, stop, axis=1 + axis)
         out_sizes.append(n_out)
         conv_pads.append((max(lo, 0), max(hi, 0)))
-    return x, tuple(conv_pads), tuple(out_sizes)
+    y = conv(x, subpixel_kernel(kernel, strides, pads), tuple(conv_pads))
+    return depth_to_space(y, *strides)[:, : out_sizes[0], : out_sizes[1], :]
 
 
 def _phase_axis_plan(n_in: int, k: int, s: int, p: int, op: int):
@@ -269,9 +266,9 @@ def _phase_forward(x, kernel, strides, pads, opads, precision):
     thin outputs (`THIN_OUTPUT_CHANNELS`) as one sub-pixel conv."""
     kh, kw, _, cout = kernel.shape
     if cout <= THIN_OUTPUT_CHANNELS:
-        xs, conv_pads, (oy, ox) = _subpixel_geometry(x, kernel, strides, pads, opads)
-        y = _plain_conv(xs, subpixel_kernel(kernel, strides, pads), (1, 1), conv_pads, precision)
-        return depth_to_space(y, *strides)[:, :oy, :ox, :]
+        return _subpixel_conv_transpose(
+            x, kernel, strides, pads, opads,
+            lambda xs, k, conv_pads: _plain_conv(xs, k, (1, 1), conv_pads, precision))
     n = x.shape[0]
     (py, qy, oy), (px, qx, ox) = (
         _phase_axis_plan(x.shape[1 + a], (kh, kw)[a], strides[a], pads[a], opads[a])
