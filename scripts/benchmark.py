@@ -141,37 +141,33 @@ def compiled_hw6_step(c, dtype, data):
     return state, step, (t1 - t0, time.perf_counter() - t1)
 
 
-def jax_gemm_gflops(dtype_name: str, n: int = 2048) -> float:
-    """GFLOP/s of an n x n x n matmul in this dtype (f32 accumulation) on JAX's default
-    device, median of 5."""
-    import jax
-    import jax.numpy as jnp
-    dtype = jnp.bfloat16 if dtype_name == "bfloat16" else jnp.float32
-    a = jnp.ones((n, n), dtype)
-    f = jax.jit(lambda a, b: jnp.dot(a, b, preferred_element_type=jnp.float32))
-    f(a, a).block_until_ready()
+def _matmul_gflops(matmul, n: int) -> float:
+    """GFLOP/s of `matmul()`, an n x n x n matmul that returns when it is done: median of 5
+    after one untimed call."""
+    matmul()
     times = []
     for _ in range(5):
         t = time.perf_counter()
-        f(a, a).block_until_ready()
+        matmul()
         times.append(time.perf_counter() - t)
     return 2.0 * n ** 3 / sorted(times)[2] / 1e9
+
+
+def jax_gemm_gflops(dtype_name: str, n: int = 2048) -> float:
+    """`_matmul_gflops` in this dtype (f32 accumulation) on JAX's default device."""
+    import jax
+    import jax.numpy as jnp
+    a = jnp.ones((n, n), jnp.bfloat16 if dtype_name == "bfloat16" else jnp.float32)
+    f = jax.jit(lambda a, b: jnp.dot(a, b, preferred_element_type=jnp.float32))
+    return _matmul_gflops(lambda: f(a, a).block_until_ready(), n)
 
 
 def _torch_gemm_gflops(torch, dtype_name: str, dev: str, n: int) -> float:
     """The same matmul with torch (bf16 inputs, as autocast runs them; f32 otherwise)."""
-    dtype = torch.bfloat16 if dtype_name == "bfloat16" else torch.float32
-    a = torch.ones(n, n, dtype=dtype, device=dev)
+    a = torch.ones(n, n, dtype=torch.bfloat16 if dtype_name == "bfloat16" else torch.float32,
+                   device=dev)
     sync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
-    a @ a
-    sync()
-    times = []
-    for _ in range(5):
-        t = time.perf_counter()
-        a @ a
-        sync()
-        times.append(time.perf_counter() - t)
-    return 2.0 * n ** 3 / sorted(times)[2] / 1e9
+    return _matmul_gflops(lambda: (a @ a, sync()), n)
 
 
 def _gemm_n(device: str) -> int:
@@ -610,8 +606,8 @@ def _report(loss: str, workers, args) -> list[dict]:
             row["mfu"] = mfu
             line += f"{100 * mfu:>6.1f}%"
         if gemm and flops:
-            row["model_gflops_per_s"] = flops / t / 1e9
-            line += f"{flops / t / 1e9:>9.1f}{100 * flops / t / 1e9 / gemm:>7.0f}%"
+            rate = row["model_gflops_per_s"] = flops / t / 1e9
+            line += f"{rate:>9.1f}{100 * rate / gemm:>7.0f}%"
         row.update({"median_s": t, "images_per_s": ips, "speed_vs_torch_eager": vs_torch,
                     "speed_vs_jaxgan": vs_jax})
         print(line)
