@@ -50,6 +50,11 @@ Knobs for profiling jaxgan (monkeypatched here; jaxgan itself is not changed):
                                        thin_output_channels (layers.THIN_OUTPUT_CHANNELS:
                                        widest transposed-conv output computed in the
                                        sub-pixel form; 0 = always by phases)
+  --variants torch-eager:preload=LIB,jaxgan:preload=LIB   the one key for every
+                                       implementation: the worker process starts with LIB
+                                       in LD_PRELOAD (e.g. libtcmalloc_minimal.so.4, an
+                                       allocator that keeps freed memory; see BUILD_NOTES.md);
+                                       a LIB the loader skips is the worker's error
 """
 from __future__ import annotations
 
@@ -356,6 +361,11 @@ def worker_main(spec_json: str) -> None:
         out.flush()
 
     try:
+        if os.environ.get("LD_PRELOAD") and os.path.exists("/proc/self/maps"):
+            with open("/proc/self/maps") as f:
+                missing = preload_missing(os.environ["LD_PRELOAD"], f.read())
+            if missing:
+                raise RuntimeError(f"LD_PRELOAD library not loaded: {', '.join(missing)}")
         if spec["impl"].startswith("jaxgan"):
             _jax_worker(spec, send)
         else:
@@ -431,7 +441,8 @@ SPEED_GOAL = {"cpu": 1.2, "gpu": 2.0}  # issue 5: jaxgan's speed over torch eage
 VARIANT_KEYS = {"upsample": ("auto", "phase", "subpixel", "transpose"),
                 "critic_loop": ("auto", "scan", "unrolled"), "xla_flags": None,
                 "conv": ("auto", "fast", "xla"), "dw_gemm_max_cin": int,
-                "step_options": ("auto", "none"), "thin_output_channels": int}
+                "step_options": ("auto", "none"), "thin_output_channels": int, "preload": None}
+PROCESS_KEYS = {"preload"}  # set how a worker process starts, so valid for any implementation
 
 
 def _parse_variants(text: str) -> list[tuple[str, dict]]:
@@ -456,10 +467,35 @@ def _parse_variants(text: str) -> list[tuple[str, dict]]:
                 want = "an integer" if allowed is int else "one of " + ", ".join(allowed)
                 raise ValueError(f"{key}={value!r} in {item!r}: {key} must be {want}")
             kv[key] = value
-        if kv and impl != "jaxgan":
-            raise ValueError(f"{item!r}: the variant keys are jaxgan's knobs; {impl} has none")
+        if set(kv) - PROCESS_KEYS and impl != "jaxgan":
+            raise ValueError(f"{item!r}: {impl} takes only {', '.join(sorted(PROCESS_KEYS))}; "
+                             "the other variant keys are jaxgan's knobs")
         out.append((impl, kv))
     return out
+
+
+def worker_env(env: dict, kv: dict) -> dict:
+    """A variant's worker environment: `preload` appended to LD_PRELOAD."""
+    if not kv.get("preload"):
+        return env
+    return dict(env, LD_PRELOAD=":".join(filter(None, [env.get("LD_PRELOAD"), kv["preload"]])))
+
+
+def preload_missing(preload: str, maps: str) -> list[str]:
+    """LD_PRELOAD entries not mapped into the process whose /proc/self/maps is `maps`: the
+    loader only warns about a library it cannot load, and the worker would time the default."""
+    mapped = {fields[-1] for fields in map(str.split, maps.splitlines())
+              if fields and "/" in fields[-1]}
+    names = {os.path.basename(path) for path in mapped}
+    missing = []
+    for lib in filter(None, preload.replace(" ", ":").split(":")):
+        if "/" in lib:  # a path: the file it resolves to (a .so.4 link names .so.4.5.10)
+            loaded = os.path.realpath(lib) in mapped
+        else:  # a bare name, found on the loader's path
+            loaded = any(name.startswith(lib) for name in names)
+        if not loaded:
+            missing.append(lib)
+    return missing
 
 
 def _label(impl: str, kv: dict) -> str:
@@ -549,7 +585,7 @@ def main(argv=None) -> int:
                     "step_options": kv.get("step_options"), "gemm_peak": args.gemm_peak,
                     "count_flops": count_flops and impl == "jaxgan" and not kv}
             w = Worker(_label(impl, kv), sys.executable if impl == "jaxgan" else torch_python,
-                       spec, env, log)
+                       spec, worker_env(env, kv), log)
             w.start()  # one at a time: compile times are not disturbed by each other
             workers.append(w)
         for _ in range(args.repeats):

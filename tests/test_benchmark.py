@@ -8,6 +8,9 @@ import sys
 import pytest
 from conftest import REPO
 
+sys.path.insert(0, os.path.join(REPO, "scripts"))
+import benchmark  # noqa: E402
+
 
 def test_benchmark_runs_the_hw6_step_and_reports_it():
     cmd = [sys.executable, os.path.join(REPO, "scripts", "benchmark.py"), "--losses", "gan",
@@ -33,7 +36,7 @@ def test_benchmark_runs_the_hw6_step_and_reports_it():
 def test_a_misspelt_variant_is_a_one_line_error_not_a_run_of_the_defaults():
     for variant, needle in [("jaxgan:dw_gemm_max=4", "'dw_gemm_max=4'"),
                             ("jaxgan:conv=fastt", "conv must be one of auto, fast, xla"),
-                            ("torch-eager:conv=xla", "torch-eager has none"),
+                            ("torch-eager:conv=xla", "torch-eager takes only preload"),
                             ("torch:", "unknown implementation 'torch'")]:
         out = subprocess.run([sys.executable, os.path.join(REPO, "scripts", "benchmark.py"),
                               "--variants", variant], capture_output=True, text=True, timeout=60)
@@ -41,3 +44,38 @@ def test_a_misspelt_variant_is_a_one_line_error_not_a_run_of_the_defaults():
         last = out.stderr.strip().splitlines()[-1]
         assert last.startswith("benchmark.py: error: ") and needle in last, (variant, last)
         assert "Traceback" not in out.stderr and out.stdout == ""
+
+
+def test_preload_is_a_key_for_every_implementation_and_reaches_ld_preload():
+    assert benchmark._parse_variants("torch-eager:preload=libx.so,jaxgan:preload=/a/liby.so") == [
+        ("torch-eager", {"preload": "libx.so"}), ("jaxgan", {"preload": "/a/liby.so"})]
+    base = {"PATH": "/bin"}
+    assert benchmark.worker_env(base, {}) is base
+    assert benchmark.worker_env(base, {"preload": "libx.so"}) == {"PATH": "/bin",
+                                                                  "LD_PRELOAD": "libx.so"}
+    assert benchmark.worker_env({"LD_PRELOAD": "a.so"}, {"preload": "b.so"})["LD_PRELOAD"] == (
+        "a.so:b.so")
+
+
+def test_a_preload_the_loader_skipped_is_reported_as_missing():
+    maps = ("7f00-7f01 r-xp 00000000 08:01 42 /usr/lib/x86_64-linux-gnu/"
+            "libtcmalloc_minimal.so.4.5.10\n"
+            "7f02-7f03 rw-p 00000000 00:00 0 \n"
+            "7f04-7f05 r-xp 00000000 08:01 43 /usr/lib/libc.so.6\n")
+    assert benchmark.preload_missing("libtcmalloc_minimal.so.4", maps) == []  # by its soname
+    assert benchmark.preload_missing("libtcmalloc_minimal.so.4 libjemalloc.so.2:libc.so.6",
+                                     maps) == ["libjemalloc.so.2"]
+    assert benchmark.preload_missing("/nowhere/libc.so.6", maps) == ["/nowhere/libc.so.6"]
+
+
+def test_a_worker_whose_preload_did_not_load_fails_instead_of_timing_the_default():
+    cmd = [sys.executable, os.path.join(REPO, "scripts", "benchmark.py"), "--losses", "gan",
+           "--impls", "jaxgan:preload=libjaxgan_no_such_allocator.so", "--batch", "4",
+           "--repeats", "1", "--num_images", "8", "--warmup", "0"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    row = next(line for line in out.stdout.splitlines()
+               if line.startswith("jaxgan[preload="))
+    assert ("failed: RuntimeError: LD_PRELOAD library not loaded: "
+            "libjaxgan_no_such_allocator.so") in row
