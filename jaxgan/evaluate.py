@@ -40,7 +40,7 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 
 from jaxgan import checkpoint as ckpt_lib
-from jaxgan import compile_cache
+from jaxgan import compile_cache, host_memory
 from jaxgan import config as config_lib
 from jaxgan import data as data_lib
 from jaxgan import images as images_lib
@@ -687,6 +687,7 @@ def _dispatch(argv, f, log=print) -> dict:
 def main(argv=None) -> int:
     from absl import app, flags, logging
 
+    host_memory.keep_freed_memory()  # before the first computation; XLA:CPU reuses its scratch
     _define_flags()
 
     def _main(argv):

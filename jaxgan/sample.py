@@ -14,7 +14,7 @@ import jax
 import numpy as np
 
 from jaxgan import checkpoint as ckpt_lib
-from jaxgan import compile_cache
+from jaxgan import compile_cache, host_memory
 from jaxgan import config as config_lib
 from jaxgan import images as images_lib
 from jaxgan import models
@@ -143,6 +143,7 @@ def write(path: str, config, samples: np.ndarray, labels=None, per_row: int | No
 def main(argv=None) -> int:
     from absl import app, flags, logging
 
+    host_memory.keep_freed_memory()  # before the first computation; XLA:CPU reuses its scratch
     flags.DEFINE_string("workdir", None, "Training workdir with checkpoints.", required=True)
     flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
     flags.DEFINE_integer("num", 64, "Number of samples.")

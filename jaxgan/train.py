@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxgan import checkpoint as ckpt_lib
-from jaxgan import compile_cache
+from jaxgan import compile_cache, host_memory
 from jaxgan import config as config_lib
 from jaxgan import data as data_lib
 from jaxgan import distributed
@@ -522,6 +522,7 @@ def main(argv=None) -> int:
     except distributed.DistributedError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    host_memory.keep_freed_memory()  # before the first computation; XLA:CPU reuses its scratch
 
     def fail(e):
         print(f"error: {_flag_error(e, argv)}", file=sys.stderr)

@@ -50,11 +50,13 @@ Knobs for profiling jaxgan (monkeypatched here; jaxgan itself is not changed):
                                        thin_output_channels (layers.THIN_OUTPUT_CHANNELS:
                                        widest transposed-conv output computed in the
                                        sub-pixel form; 0 = always by phases)
-  --variants torch-eager:preload=LIB,jaxgan:preload=LIB   the one key for every
-                                       implementation: the worker process starts with LIB
-                                       in LD_PRELOAD (e.g. libtcmalloc_minimal.so.4, an
-                                       allocator that keeps freed memory; see BUILD_NOTES.md);
-                                       a LIB the loader skips is the worker's error
+  --variants torch-eager:preload=LIB;keep_memory=1,...   the two keys for every
+                                       implementation: preload starts the worker with LIB in
+                                       LD_PRELOAD (e.g. libtcmalloc_minimal.so.4, an allocator
+                                       that keeps freed memory; a LIB the loader skips is the
+                                       worker's error); keep_memory 0 | 1 switches
+                                       jaxgan.host_memory (default: on for jaxgan, as its
+                                       CLIs run; off for torch; torch gets glibc's half)
 """
 from __future__ import annotations
 
@@ -179,6 +181,18 @@ def _gemm_n(device: str) -> int:
     return 8192 if device == "gpu" else 2048
 
 
+def _keep_memory(spec: dict) -> bool:
+    """Whether this worker keeps freed memory (`jaxgan.host_memory`): jaxgan's by default, as
+    its CLIs do; torch's only when the variant asks (`keep_memory=1`: glibc's half)."""
+    sys.path.insert(0, REPO)
+    from jaxgan import host_memory
+
+    jaxgan = spec["impl"] == "jaxgan"
+    if (spec.get("keep_memory") or ("1" if jaxgan else "0")) != "1":
+        return False
+    return host_memory.keep_freed_memory() if jaxgan else host_memory.keep_freed_heap()
+
+
 def _jax_worker(spec: dict, send) -> None:
     if spec.get("xla_flags"):
         flags = os.environ.get("XLA_FLAGS", "") + " " + spec["xla_flags"]
@@ -188,7 +202,7 @@ def _jax_worker(spec: dict, send) -> None:
     import jax
     import jax.numpy as jnp
 
-    sys.path.insert(0, REPO)
+    kept = _keep_memory(spec)  # before the first computation creates the CPU client
     from jaxgan import config as config_lib, layers, step as step_lib
 
     if spec["upsample"] != "auto":
@@ -216,7 +230,8 @@ def _jax_worker(spec: dict, send) -> None:
             "conv": layers.default_conv_impl(jax.default_backend()),
             "dw_gemm_max_cin": layers.DW_GEMM_MAX_CIN,
             "thin_output_channels": layers.THIN_OUTPUT_CHANNELS,
-            "step_options": layers.step_compiler_options(jax.default_backend())}
+            "step_options": layers.step_compiler_options(jax.default_backend()),
+            "kept_memory": kept}
     if spec["count_flops"]:
         info["flops"] = _model_flops(c, dtype, state, data)
     if spec.get("gemm_peak"):
@@ -270,6 +285,7 @@ def _model_flops(c, dtype, state, data) -> float:
 
 
 def _torch_worker(spec: dict, send) -> None:
+    kept = _keep_memory(spec)
     import torch
 
     sys.path.insert(0, HERE)
@@ -313,7 +329,8 @@ def _torch_worker(spec: dict, send) -> None:
     normal = time.perf_counter() - t0
     info = {"compile_s": max(first - normal, 0.0) if spec["impl"] == "torch-compile" else None,
             "first_step_s": first, "torch": torch.__version__,
-            "threads": torch.get_num_threads(), "interop_threads": torch.get_num_interop_threads()}
+            "threads": torch.get_num_threads(), "interop_threads": torch.get_num_interop_threads(),
+            "kept_memory": kept}
     if spec.get("gemm_peak"):
         info["gemm_gflops"] = _torch_gemm_gflops(torch, spec["dtype"], dev,
                                                  _gemm_n(spec["device"]))
@@ -441,8 +458,10 @@ SPEED_GOAL = {"cpu": 1.2, "gpu": 2.0}  # issue 5: jaxgan's speed over torch eage
 VARIANT_KEYS = {"upsample": ("auto", "phase", "subpixel", "transpose"),
                 "critic_loop": ("auto", "scan", "unrolled"), "xla_flags": None,
                 "conv": ("auto", "fast", "xla"), "dw_gemm_max_cin": int,
-                "step_options": ("auto", "none"), "thin_output_channels": int, "preload": None}
-PROCESS_KEYS = {"preload"}  # set how a worker process starts, so valid for any implementation
+                "step_options": ("auto", "none"), "thin_output_channels": int, "preload": None,
+                "keep_memory": ("0", "1")}
+# how a worker process starts or allocates, so valid for any implementation
+PROCESS_KEYS = {"preload", "keep_memory"}
 
 
 def _parse_variants(text: str) -> list[tuple[str, dict]]:
@@ -583,6 +602,7 @@ def main(argv=None) -> int:
                     "dw_gemm_max_cin": kv.get("dw_gemm_max_cin"),
                     "thin_output_channels": kv.get("thin_output_channels"),
                     "step_options": kv.get("step_options"), "gemm_peak": args.gemm_peak,
+                    "keep_memory": kv.get("keep_memory"),
                     "count_flops": count_flops and impl == "jaxgan" and not kv}
             w = Worker(_label(impl, kv), sys.executable if impl == "jaxgan" else torch_python,
                        spec, worker_env(env, kv), log)
@@ -651,12 +671,13 @@ def _report(loss: str, workers, args) -> list[dict]:
     for w in workers:
         if "threads" in w.info:
             extra.append(f"{w.name}: torch {w.info['torch']} threads={w.info['threads']} "
-                         f"interop={w.info['interop_threads']}")
+                         f"interop={w.info['interop_threads']} "
+                         f"kept_memory={w.info['kept_memory']}")
         if "loop" in w.info:
             i = w.info
             extra.append(f"{w.name}: {i['backend']} x{i['devices']} loop={i['loop']} "
                          f"upsample={i['upsample']} conv={i['conv']} dw_gemm<={i['dw_gemm_max_cin']} "
-                         f"thin<={i['thin_output_channels']} "
+                         f"thin<={i['thin_output_channels']} kept_memory={i['kept_memory']} "
                          f"options={i['step_options']} trace+lower {i['trace_lower_s']:.1f}s "
                          f"+ XLA {w.info['xla_compile_s']:.1f}s")
         if w.times:

@@ -24,6 +24,7 @@ def test_benchmark_runs_the_hw6_step_and_reports_it():
     assert float(fields[1]) > 0  # ms/step
     assert fields[6] == "-" and fields[7] == "1.00x"  # no torch row to compare with
     assert "upsample=phase conv=fast" in out.stdout  # the CPU defaults were timed
+    assert "kept_memory=True" in out.stdout  # as the CLIs run (jaxgan.host_memory)
     # --gemm_peak: model GFLOP/s = model FLOPs / step time, and its share of the matmul's rate
     flops = float(out.stdout.split("model FLOPs/step (XLA cost analysis")[1].split(": ")[1]
                   .split(" G")[0])
@@ -36,7 +37,8 @@ def test_benchmark_runs_the_hw6_step_and_reports_it():
 def test_a_misspelt_variant_is_a_one_line_error_not_a_run_of_the_defaults():
     for variant, needle in [("jaxgan:dw_gemm_max=4", "'dw_gemm_max=4'"),
                             ("jaxgan:conv=fastt", "conv must be one of auto, fast, xla"),
-                            ("torch-eager:conv=xla", "torch-eager takes only preload"),
+                            ("torch-eager:conv=xla",
+                             "torch-eager takes only keep_memory, preload"),
                             ("torch:", "unknown implementation 'torch'")]:
         out = subprocess.run([sys.executable, os.path.join(REPO, "scripts", "benchmark.py"),
                               "--variants", variant], capture_output=True, text=True, timeout=60)
@@ -46,9 +48,11 @@ def test_a_misspelt_variant_is_a_one_line_error_not_a_run_of_the_defaults():
         assert "Traceback" not in out.stderr and out.stdout == ""
 
 
-def test_preload_is_a_key_for_every_implementation_and_reaches_ld_preload():
-    assert benchmark._parse_variants("torch-eager:preload=libx.so,jaxgan:preload=/a/liby.so") == [
-        ("torch-eager", {"preload": "libx.so"}), ("jaxgan", {"preload": "/a/liby.so"})]
+def test_preload_and_keep_memory_are_keys_for_every_implementation():
+    assert benchmark._parse_variants(
+        "torch-eager:preload=libx.so;keep_memory=1,jaxgan:preload=/a/liby.so") == [
+        ("torch-eager", {"preload": "libx.so", "keep_memory": "1"}),
+        ("jaxgan", {"preload": "/a/liby.so"})]
     base = {"PATH": "/bin"}
     assert benchmark.worker_env(base, {}) is base
     assert benchmark.worker_env(base, {"preload": "libx.so"}) == {"PATH": "/bin",
