@@ -113,8 +113,9 @@ def main(argv=None) -> int:
 
     sys.path[:0] = [HERE, os.path.dirname(HERE)]
     from benchmark import compiled_hw6_step, hw6_config, jax_gemm_gflops, random_images
-    from jaxgan import layers
+    from jaxgan import host_memory, layers
 
+    host_memory.keep_freed_memory()  # as jaxgan.train runs; before the first computation
     if jax.default_backend() != "cpu":
         print("error: profile_step.py reads XLA:CPU thunk events; run it on CPU", file=sys.stderr)
         return 2
