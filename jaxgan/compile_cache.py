@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 
 from jaxgan import data as data_lib
+from jaxgan import env
 
 
 def cache_path() -> str | None:
@@ -20,7 +21,7 @@ def cache_path() -> str | None:
     otherwise $JAX_COMPILATION_CACHE_DIR if set, else `xla/` under jaxgan's cache directory
     ($JAXGAN_CACHE_DIR, else ~/.cache/jaxgan).
     """
-    if os.environ.get("JAXGAN_COMPILATION_CACHE", "1").strip().lower() in ("0", "false", "no", "off"):
+    if env.switched_off("JAXGAN_COMPILATION_CACHE"):
         return None
     return os.environ.get("JAX_COMPILATION_CACHE_DIR") or os.path.join(data_lib.cache_dir(), "xla")
 

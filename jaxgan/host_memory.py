@@ -15,8 +15,9 @@ took the same time. The CLIs call it at start-up; the library itself never does.
 from __future__ import annotations
 
 import ctypes
-import os
 import sys
+
+from jaxgan import env
 
 M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # glibc <malloc.h>
 _NEVER = 2**31 - 1
@@ -24,8 +25,7 @@ _NEVER = 2**31 - 1
 
 def wanted() -> bool:
     """JAXGAN_KEEP_FREED_MEMORY=0 leaves the allocator and JAX's dispatch as they are."""
-    value = os.environ.get("JAXGAN_KEEP_FREED_MEMORY", "1").strip().lower()
-    return value not in ("0", "false", "no", "off")
+    return not env.switched_off("JAXGAN_KEEP_FREED_MEMORY")
 
 
 def keep_freed_heap() -> bool:

@@ -184,7 +184,6 @@ def _gemm_n(device: str) -> int:
 def _keep_memory(spec: dict) -> bool:
     """Whether this worker keeps freed memory (`jaxgan.host_memory`): jaxgan's by default, as
     its CLIs do; torch's only when the variant asks (`keep_memory=1`: glibc's half)."""
-    sys.path.insert(0, REPO)
     from jaxgan import host_memory
 
     jaxgan = spec["impl"] == "jaxgan"
@@ -377,6 +376,7 @@ def worker_main(spec_json: str) -> None:
         out.write("@@" + json.dumps(obj) + "\n")
         out.flush()
 
+    sys.path.insert(0, REPO)  # jaxgan, for either implementation (host_memory)
     try:
         if os.environ.get("LD_PRELOAD") and os.path.exists("/proc/self/maps"):
             with open("/proc/self/maps") as f:
