@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 
-from jaxgan import data as data_lib
 from jaxgan import env
 
 
@@ -23,7 +22,7 @@ def cache_path() -> str | None:
     """
     if env.switched_off("JAXGAN_COMPILATION_CACHE"):
         return None
-    return os.environ.get("JAX_COMPILATION_CACHE_DIR") or os.path.join(data_lib.cache_dir(), "xla")
+    return os.environ.get("JAX_COMPILATION_CACHE_DIR") or os.path.join(env.cache_dir(), "xla")
 
 
 def enable() -> str | None:

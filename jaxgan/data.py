@@ -32,6 +32,7 @@ from flax import struct
 
 from jaxgan import config as config_lib
 from jaxgan import distributed
+from jaxgan import env
 from jaxgan import images as images_lib
 
 
@@ -139,8 +140,8 @@ def fits_device(dataset: Dataset, config) -> bool:
 
 
 def cache_dir() -> str:
-    """Where decoded arrays are kept: $JAXGAN_CACHE_DIR, else ~/.cache/jaxgan."""
-    return os.path.expanduser(os.environ.get("JAXGAN_CACHE_DIR") or "~/.cache/jaxgan")
+    """Where decoded arrays are kept: jaxgan's cache directory (`env.cache_dir`)."""
+    return env.cache_dir()
 
 
 def _cache_path(kind: str, *key) -> str:

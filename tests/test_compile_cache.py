@@ -37,3 +37,20 @@ def test_cache_can_be_switched_off(tmp_path):
     run = _train(tmp_path / "a", _env(tmp_path / "cache", JAXGAN_COMPILATION_CACHE="0"))
     assert run.returncode == 0, run.stderr
     assert not _entries(tmp_path / "cache" / "xla")
+
+
+def test_every_cache_user_resolves_the_same_directory(tmp_path, monkeypatch):
+    """Datasets, XLA programs and Inception weights share one root; an empty
+    $JAXGAN_CACHE_DIR means unset (the Inception loader once read it as the working directory)
+    and '~' expands."""
+    from jaxgan import compile_cache, data
+    from jaxgan.metrics import inception
+
+    monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    for value, root in (("", tmp_path / ".cache" / "jaxgan"), ("~/c", tmp_path / "c"),
+                        (str(tmp_path / "d"), tmp_path / "d")):
+        monkeypatch.setenv("JAXGAN_CACHE_DIR", value)
+        assert data.cache_dir() == str(root)
+        assert inception.default_cache_dir() == root
+        assert compile_cache.cache_path() == str(root / "xla")

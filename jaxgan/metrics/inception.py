@@ -43,6 +43,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+from jaxgan import env
+
 WEIGHTS_URL = (
     "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/"
     "pt_inception-2015-12-05-6726825d.pth"
@@ -663,8 +665,8 @@ def _load_npz(path: Path) -> Variables:
 
 
 def default_cache_dir() -> Path:
-    """$JAXGAN_CACHE_DIR, else ~/.cache/jaxgan."""
-    return Path(os.environ.get("JAXGAN_CACHE_DIR", Path.home() / ".cache" / "jaxgan"))
+    """jaxgan's cache directory (`env.cache_dir`: $JAXGAN_CACHE_DIR, else ~/.cache/jaxgan)."""
+    return Path(env.cache_dir())
 
 
 def _download(url: str, dest: Path) -> None:
