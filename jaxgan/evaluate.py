@@ -20,7 +20,9 @@ and appends it to DIR/eval.jsonl. Metric groups (`--metrics`, default by dataset
               fidelity, recall and coverage diversity, so a generator that is sure to please
               the classifier by repeating a few digits shows up; stacked_mnist: classifier/fd
               on per-channel features
-  fid, is, kid  with the FID Inception weights (`--inception FILE.pth|DIR`)
+  fid, is, kid  with the FID Inception weights (`--inception FILE.pth|DIR`, or `--download`);
+              fid is the default for an image folder (data.name='folder', e.g. HW6's faces),
+              which has no classes for the classifier metrics
   accuracy    semi-supervised runs (loss.name='ssgan', the default for them): accuracy/test, the
               critic's classification accuracy on the dataset's test split
 
@@ -84,11 +86,14 @@ def is_better(metric: str, new: float, old: float | None) -> bool:
 
 def default_metrics(config) -> tuple[str, ...]:
     """ring/grid and stacked_mnist: modes; semi-supervised runs: their critic's test accuracy;
-    other images: classifier (no weights download)."""
+    an image folder (no labels to train a classifier on; HW6's faces): FID; other images:
+    classifier (no weights download)."""
     if config.loss.name == "ssgan":
         return ("accuracy",)
     if config_lib.is_mixture(config) or config.data.name == STACKED:
         return ("modes",)
+    if config.data.name == "folder":
+        return ("fid",)
     return ("classifier",)
 
 
@@ -109,8 +114,13 @@ def parse_metrics(metrics: str | Sequence[str] | None, config) -> tuple[str, ...
             raise EvaluateError(f"{config.data.name!r} samples are 2D points; {other[0]!r} needs "
                                 "images: use --metrics modes")
     elif "modes" in names and config.data.name != STACKED:
+        instead = ("fid" if config.data.name == "folder"
+                   else "classifier (classes covered)")
         raise EvaluateError(f"'modes' is for ring, grid and stacked_mnist, not "
-                            f"{config.data.name!r}; use --metrics classifier (classes covered)")
+                            f"{config.data.name!r}; use --metrics {instead}")
+    if "classifier" in names and config.data.name == "folder":
+        raise EvaluateError("'classifier' needs a labelled dataset; an image folder has no "
+                            "classes: use --metrics fid,kid")
     return tuple(dict.fromkeys(names))
 
 
@@ -631,6 +641,11 @@ _ERRORS: tuple = (EvaluateError, clf_lib.ClassifierError, ckpt_lib.CheckpointErr
                   FileNotFoundError)  # FileNotFoundError covers inception.WeightsNotFoundError
 
 
+def _is_missing_weights(e: Exception) -> bool:
+    from jaxgan.metrics import inception as inc
+    return isinstance(e, inc.WeightsNotFoundError)
+
+
 def _define_flags():
     from absl import flags
     flags.DEFINE_string("workdir", None, "Training workdir with checkpoints.")
@@ -641,7 +656,8 @@ def _define_flags():
     flags.DEFINE_string("split", "", "Split the reference statistics come from (default: the "
                         "run's data.split, else train).")
     flags.DEFINE_string("metrics", "", f"Comma list of {','.join(METRIC_GROUPS)} (default: "
-                        "modes for ring/grid/stacked_mnist, classifier otherwise).")
+                        "modes for ring/grid/stacked_mnist, fid for an image folder, classifier "
+                        "otherwise).")
     flags.DEFINE_integer("num", None, "Samples to draw (or real images to score); default "
                          "50000 when the metrics include 'is' (Salimans et al. 2016), else 10000.")
     flags.DEFINE_integer("seed", 0, "Noise seed for sampling.")
@@ -697,6 +713,8 @@ def main(argv=None) -> int:
             _dispatch(argv, flags.FLAGS)
         except _ERRORS as e:
             msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            if _is_missing_weights(e) and not flags.FLAGS.download:
+                msg += " (or rerun with --download)"
             print(f"error: {msg}", file=sys.stderr)
             sys.exit(2)
 

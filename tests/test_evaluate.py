@@ -273,6 +273,25 @@ def test_error_paths_raise_one_line_cli_errors(tmp_path, monkeypatch, ring_workd
         assert isinstance(err, ev._ERRORS) and "\n" not in str(err)
 
 
+def test_an_image_folder_is_scored_by_fid_not_by_a_classifier(digits, tmp_path):
+    """A folder (HW6's faces) has no classes to train a classifier on: FID by default, and the
+    CLI says how to get the Inception weights."""
+    folder = digits[0].copy_and_resolve_references()
+    folder.data.name = "folder"
+    assert ev.parse_metrics("", folder) == ("fid",)
+    assert ev.parse_metrics("", digits[0]) == ("classifier",)
+    with pytest.raises(ev.EvaluateError, match="an image folder has no classes: use --metrics"):
+        ev.parse_metrics("fid,classifier", folder)
+    with pytest.raises(ev.EvaluateError, match="use --metrics fid$"):
+        ev.parse_metrics("modes", folder)
+    samples = tmp_path / "s.npz"
+    np.savez(samples, images=np.zeros((4, 8, 8, 1), np.uint8))
+    bad = run_module("jaxgan.evaluate", "--samples", str(samples), "--dataset", "digits",
+                     "--metrics", "fid", "--inception", str(tmp_path / "weights"), timeout=120)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1, bad.stderr
+    assert "pt_inception-2015-12-05" in bad.stderr and "rerun with --download" in bad.stderr
+
+
 def test_is_better_knows_directions():
     assert ev.is_better("fid", 10.0, 12.0) and not ev.is_better("fid", 13.0, 12.0)
     assert ev.is_better("modes/covered", 900, 800) and ev.is_better("is", 2.0, None)
