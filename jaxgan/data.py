@@ -254,11 +254,9 @@ def _decode_file(path: str, size: int, channels: int) -> np.ndarray | None:
         return None
 
 
-def load_folder(path: str, size: int, channels: int, use_cache: bool = True) -> Dataset:
-    """Every image under `path` (recursive; jpg, jpeg, png, webp, bmp), center-cropped to a
-    square and resized to size x size, grey or RGB. Unreadable files are skipped and counted in
-    `Dataset.skipped`. Decoded in parallel threads and cached, keyed by the file list, sizes and
-    modification times (adding, removing or editing a file rebuilds the cache)."""
+def _folder_files(path: str) -> tuple[str, list[str], str]:
+    """(absolute path, its image files, a digest of their names, sizes and modification
+    times): the folder's identity for caches."""
     if not path or not os.path.isdir(os.path.expanduser(path)):
         raise DataError(f"data.path={path!r} is not a folder; point it at a folder of images "
                         f"({', '.join(IMAGE_SUFFIXES)})")
@@ -273,7 +271,23 @@ def load_folder(path: str, size: int, channels: int, use_cache: bool = True) -> 
             stamp.update(f"{f}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
         except OSError:
             stamp.update(f"{f}\0missing\n".encode())
-    cpath = _cache_path("folder", os.path.basename(path), size, channels, stamp.hexdigest())
+    return path, files, stamp.hexdigest()
+
+
+def folder_fingerprint(path: str) -> str:
+    """'<folder name>-<digest>': changes when a file under `path` is added, removed or edited,
+    so statistics cached for one folder are never reused for another."""
+    path, _, digest = _folder_files(path)
+    return f"{os.path.basename(path)}-{digest[:12]}"
+
+
+def load_folder(path: str, size: int, channels: int, use_cache: bool = True) -> Dataset:
+    """Every image under `path` (recursive; jpg, jpeg, png, webp, bmp), center-cropped to a
+    square and resized to size x size, grey or RGB. Unreadable files are skipped and counted in
+    `Dataset.skipped`. Decoded in parallel threads and cached, keyed by the file list, sizes and
+    modification times (adding, removing or editing a file rebuilds the cache)."""
+    path, files, digest = _folder_files(path)
+    cpath = _cache_path("folder", os.path.basename(path), size, channels, digest)
     cached = _cache_read(cpath) if use_cache else None
     if cached is not None and cached["images"].shape[1:] == (size, size, channels):
         return Dataset("folder", images=cached["images"], skipped=int(cached["skipped"]))

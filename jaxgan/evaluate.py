@@ -133,6 +133,8 @@ def default_classifier_path(dataset: str) -> Path:
 def _stats_name(prefix: str, config) -> str:
     d = config.data
     name = f"{prefix}_{d.name}_{d.split}_{int(d.image_size)}x{int(d.channels)}"
+    if d.name == "folder":  # the folder and its contents are the data
+        name += "_" + data_lib.folder_fingerprint(d.path)
     if d.name == STACKED:  # built from the seed: another seed or size is other data
         name += f"_n{int(d.get('num_examples', 0))}_seed{int(config.seed)}"
     return name + (f"_limit{int(d.limit)}" if int(d.limit) else "") + ".npz"

@@ -292,6 +292,37 @@ def test_an_image_folder_is_scored_by_fid_not_by_a_classifier(digits, tmp_path):
     assert "pt_inception-2015-12-05" in bad.stderr and "rerun with --download" in bad.stderr
 
 
+def test_reference_statistics_of_image_folders_are_cached_per_folder_and_contents(tmp_path):
+    """Two folders (or one folder edited) never share cached reference statistics."""
+    from PIL import Image
+
+    from jaxgan import config as config_lib
+    rng = np.random.default_rng(0)
+    for name, scale in (("a", 255), ("b", 60)):
+        (tmp_path / name).mkdir()
+        for i in range(12):
+            pixels = (rng.random((16, 16, 3)) * scale).astype(np.uint8)
+            Image.fromarray(pixels).save(tmp_path / name / f"{i}.png")
+    samples = (rng.random((12, 16, 16, 3)) * 255).astype(np.uint8)
+
+    def fid_against(folder):
+        config = config_lib.base_config()
+        config.data.name, config.data.path = "folder", str(tmp_path / folder)
+        config.data.image_size, config.data.channels = 16, 3
+        config.train.batch_size = 4
+        evaluator = ev.Evaluator(config, "fid", inception=fake_inception,
+                                 stats_dir=str(tmp_path / "stats"), log=lambda *_: None)
+        return evaluator(samples)["fid"]
+
+    fid_a, fid_b = fid_against("a"), fid_against("b")
+    assert fid_a < fid_b  # the samples are uniform like folder a, b is darker
+    assert len(os.listdir(tmp_path / "stats")) == 2
+    assert fid_against("a") == fid_a  # from its cache
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(tmp_path / "a" / "0.png")
+    os.utime(tmp_path / "a" / "0.png", ns=(1, 1))  # an edit, whatever the clock's resolution
+    assert fid_against("a") != fid_a and len(os.listdir(tmp_path / "stats")) == 3
+
+
 def test_is_better_knows_directions():
     assert ev.is_better("fid", 10.0, 12.0) and not ev.is_better("fid", 13.0, 12.0)
     assert ev.is_better("modes/covered", 900, 800) and ev.is_better("is", 2.0, None)
