@@ -235,6 +235,15 @@ def digits_arrays() -> tuple[np.ndarray, np.ndarray]:
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 
 
+def set_location(config, where: str) -> None:
+    """Points the recipe's data group at `where` (a CLI's --data_dir): TFDS's data_dir, or for
+    an image folder the folder itself (data.path)."""
+    if config.data.name == "folder":
+        config.data.path = where
+    else:
+        config.data.data_dir = where
+
+
 def list_images(path: str) -> list[str]:
     """Image files under `path`, recursive, sorted (the order of the examples)."""
     return sorted(

@@ -185,6 +185,14 @@ def _check_images(x: np.ndarray) -> None:
             "convert [-1, 1] floats with jaxgan.images.to_uint8")
 
 
+def load_real_images(config) -> np.ndarray | None:
+    """Every real image the recipe's data group names. Scoring takes no training batches, so a
+    folder smaller than train.batch_size is still a reference set."""
+    config = config.copy_and_resolve_references()
+    config.train.batch_size = 1
+    return data_lib.load(config).images
+
+
 class Evaluator:
     """Everything scoring needs, loaded once; call it on samples for a flat dict of metrics.
 
@@ -234,7 +242,7 @@ class Evaluator:
         if self._real is None:
             self.log(f"loading real data {self.config.data.name}/{self.config.data.split} for "
                      "reference statistics (cached afterwards)")
-            self._real = data_lib.load(self.config).images
+            self._real = load_real_images(self.config)
         return self._real
 
     def _setup_classifier(self, classifier, stats_dir) -> None:
@@ -558,7 +566,7 @@ def run_evaluation(*, workdir: str = "", samples_path: str = "", real_split: str
     if workdir:
         config, step = ckpt_lib.load_config(workdir, step)
         if data_dir:
-            config.data.data_dir = data_dir
+            data_lib.set_location(config, data_dir)
         if split:
             config.data.split = split
         record.update(step=step, source=os.path.abspath(workdir))
@@ -592,7 +600,7 @@ def run_evaluation(*, workdir: str = "", samples_path: str = "", real_split: str
     if real_split:
         real_config = config.copy_and_resolve_references()
         real_config.data.split, real_config.data.limit = real_split, 0
-        samples = data_lib.load(real_config).images
+        samples = load_real_images(real_config)
         if samples is None:
             raise EvaluateError(f"{config.data.name!r} has no real images to score; sample "
                                 "points from a checkpoint instead")
@@ -654,7 +662,8 @@ def _define_flags():
     flags.DEFINE_string("samples", None, "An .npz of images (uint8[N,H,W,C]) or points to score.")
     flags.DEFINE_string("real_split", None, "Score real images of this split (a baseline).")
     flags.DEFINE_string("dataset", "", "Dataset of --samples/--real_split, or to train on.")
-    flags.DEFINE_string("data_dir", "", "TFDS data_dir of the real data.")
+    flags.DEFINE_string("data_dir", "", "Where the real data is: TFDS's data_dir, or with "
+                        "--dataset folder (or a folder run) the image folder itself.")
     flags.DEFINE_string("split", "", "Split the reference statistics come from (default: the "
                         "run's data.split, else train).")
     flags.DEFINE_string("metrics", "", f"Comma list of {','.join(METRIC_GROUPS)} (default: "

@@ -3,6 +3,7 @@
 Real data here is scikit-learn's digits (ships with the package); no MNIST, no Inception weights
 (a fake feature function stands in for the network).
 """
+import functools
 import json
 import math
 import os
@@ -293,7 +294,8 @@ def test_an_image_folder_is_scored_by_fid_not_by_a_classifier(digits, tmp_path):
 
 
 def test_reference_statistics_of_image_folders_are_cached_per_folder_and_contents(tmp_path):
-    """Two folders (or one folder edited) never share cached reference statistics."""
+    """Two folders (or one folder edited) never share cached reference statistics; a folder
+    smaller than the run's batch is still a reference set; --data_dir names the folder."""
     from PIL import Image
 
     from jaxgan import config as config_lib
@@ -309,7 +311,7 @@ def test_reference_statistics_of_image_folders_are_cached_per_folder_and_content
         config = config_lib.base_config()
         config.data.name, config.data.path = "folder", str(tmp_path / folder)
         config.data.image_size, config.data.channels = 16, 3
-        config.train.batch_size = 4
+        config.train.batch_size = 16  # more than the folder holds: scoring needs no batches
         evaluator = ev.Evaluator(config, "fid", inception=fake_inception,
                                  stats_dir=str(tmp_path / "stats"), log=lambda *_: None)
         return evaluator(samples)["fid"]
@@ -321,6 +323,14 @@ def test_reference_statistics_of_image_folders_are_cached_per_folder_and_content
     Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(tmp_path / "a" / "0.png")
     os.utime(tmp_path / "a" / "0.png", ns=(1, 1))  # an edit, whatever the clock's resolution
     assert fid_against("a") != fid_a and len(os.listdir(tmp_path / "stats")) == 3
+
+    np.savez(tmp_path / "s.npz", images=samples)
+    score = functools.partial(ev.run_evaluation, samples_path=str(tmp_path / "s.npz"),
+                              dataset="folder", metrics="fid", inception=fake_inception,
+                              stats_dir=str(tmp_path / "stats"), log=lambda *_: None)
+    assert score(data_dir=str(tmp_path / "b"))["fid"] == fid_b
+    with pytest.raises(clf_lib.ClassifierError, match="--dataset folder needs --data_dir FOLDER"):
+        score()
 
 
 def test_is_better_knows_directions():

@@ -316,6 +316,8 @@ def native_image_shape(name: str, data_dir: str | None = None) -> tuple[int, int
     """(size, channels) of a dataset's square images (TFDS metadata; digits: 8x8 grey)."""
     if name == "digits":
         return 8, 1
+    if name == "folder":  # its first readable image's size
+        return _folder_image_shape(data_dir or "")
     if name == "stacked_mnist":  # one MNIST digit per RGB channel
         return native_image_shape("mnist", data_dir)[0], 3
     import tensorflow_datasets as tfds
@@ -326,12 +328,28 @@ def native_image_shape(name: str, data_dir: str | None = None) -> tuple[int, int
     return int(shape[0]), int(shape[2])
 
 
+def _folder_image_shape(path: str) -> tuple[int, int]:
+    from PIL import Image
+    from jaxgan import data as data_lib
+    for f in data_lib.list_images(path) if os.path.isdir(path) else []:
+        try:
+            with Image.open(f) as img:
+                return min(img.size), (1 if img.mode in ("L", "I", "F", "1") else 3)
+        except Exception:  # an unreadable file: the next one
+            continue
+    raise ClassifierError(f"no readable images under {path!r}")
+
+
 def dataset_config(name: str, data_dir: str = "", split: str = "train", image_size: int = 0,
                    channels: int = 0, limit: int = 0):
     """A base recipe whose data group reads `name` (native size/channels when 0)."""
     from jaxgan import config as config_lib
     c = config_lib.base_config()
-    c.data.name, c.data.split, c.data.data_dir, c.data.limit = name, split, data_dir, int(limit)
+    from jaxgan import data as data_lib
+    if name == "folder" and not data_dir:
+        raise ClassifierError("--dataset folder needs --data_dir FOLDER (the real images)")
+    c.data.name, c.data.split, c.data.limit = name, split, int(limit)
+    data_lib.set_location(c, data_dir)
     if (not image_size or not channels) and name not in config_lib.MIXTURES:
         size, ch = native_image_shape(name, data_dir)
         image_size, channels = image_size or size, channels or ch
