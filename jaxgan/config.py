@@ -374,8 +374,8 @@ def validate(config) -> None:
         raise ConfigError(f"loss.clip={c.loss.clip}; wgan needs a positive clipping bound")
     if is_mixture(c):
         if c.model.arch != "mlp":
-            raise ConfigError(
-                    f"data.name={c.data.name!r} is 2D points; a conv model cannot take them: set model.arch='mlp'")
+            raise ConfigError(f"data.name={c.data.name!r} is 2D points; a conv model cannot "
+                              "take them: set model.arch='mlp'")
     else:
         if c.data.channels not in (1, 3):
             raise ConfigError(f"data.channels={c.data.channels}; use 1 (grey) or 3 (RGB)")

@@ -703,7 +703,8 @@ def _dispatch(argv, f, log=print) -> dict:
         return meta
     record = run_evaluation(
         workdir=f.workdir or "", samples_path=f.samples or "", real_split=f.real_split or "",
-        dataset=f.dataset, data_dir=f.data_dir, split=f.split, metrics=f.metrics, num=_default_num(f.num, f.metrics),
+        dataset=f.dataset, data_dir=f.data_dir, split=f.split, metrics=f.metrics,
+        num=_default_num(f.num, f.metrics),
         seed=f.seed, step=f.step, classifier=f.classifier, inception=f.inception,
         stats_dir=f.stats_dir, batch_size=f.batch_size, out=f.out, download=f.download,
         log=lambda m: print(m, file=sys.stderr))

@@ -2,8 +2,9 @@
 
 Restores only the generator (parameters and batch-norm statistics) and the recipe from the
 checkpoint. For a class-conditional run `--labels 0,1,...,9` writes one grid row per class; for
-a run with a categorical code (`model.z_categories`, InfoGAN) one row per category. `.png` writes a grid; `.npz` writes `images` uint8[N, H, W, C] (or `points` f32[N, 2]
-for 2D mixtures).
+a run with a categorical code (`model.z_categories`, InfoGAN) one row per category. `.png`
+writes a grid; `.npz` writes `images` uint8[N, H, W, C] (or `points` f32[N, 2] for 2D
+mixtures).
 """
 from __future__ import annotations
 

@@ -37,7 +37,8 @@ DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__
 
 # Keys that fix the shapes of the saved state: a workdir cannot continue under other values.
 STRUCTURAL_KEYS = ("data.name", "data.split", "data.image_size", "data.channels", "data.limit",
-                   "data.path", "data.num_examples", "model", "loss.name", "optim.g.name", "optim.d.name")
+                   "data.path", "data.num_examples", "model", "loss.name", "optim.g.name",
+                   "optim.d.name")
 
 
 class DivergenceError(RuntimeError):

@@ -432,8 +432,9 @@ def class_metrics(classes: np.ndarray, data_hist: np.ndarray, min_share: float =
     A class is *covered* when its share of the samples is at least `min_share` times its share
     of the data (0.25: a quarter of what a perfect generator gives it; with N samples and K
     balanced classes that is N / 4K samples, 2.5% on MNIST), so the classifier's stray
-    misclassifications of a collapsed generator's samples do not count as coverage. class_kl = KL(sample histogram || data histogram) in nats: 0 for a perfect
-    match, log K when everything falls into one of K balanced classes.
+    misclassifications of a collapsed generator's samples do not count as coverage.
+    class_kl = KL(sample histogram || data histogram) in nats: 0 for a perfect match, log K
+    when everything falls into one of K balanced classes.
     """
     data_hist = np.asarray(data_hist, np.float64)
     data_hist = data_hist / data_hist.sum()
