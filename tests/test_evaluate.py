@@ -331,6 +331,9 @@ def test_reference_statistics_of_image_folders_are_cached_per_folder_and_content
     assert score(data_dir=str(tmp_path / "b"))["fid"] == fid_b
     with pytest.raises(clf_lib.ClassifierError, match="--dataset folder needs --data_dir FOLDER"):
         score()
+    real = clf_lib.dataset_config("folder", str(tmp_path / "b"))  # --real_split: native shape
+    assert real.data.path == str(tmp_path / "b")
+    assert (real.data.image_size, real.data.channels) == (16, 3)
 
 
 def test_is_better_knows_directions():

@@ -329,6 +329,8 @@ def native_image_shape(name: str, data_dir: str | None = None) -> tuple[int, int
 
 
 def _folder_image_shape(path: str) -> tuple[int, int]:
+    """A folder's 'native' shape: its first readable image's shorter side (load_folder crops
+    to a square), grey or RGB."""
     from PIL import Image
     from jaxgan import data as data_lib
     for f in data_lib.list_images(path) if os.path.isdir(path) else []:
@@ -344,10 +346,10 @@ def dataset_config(name: str, data_dir: str = "", split: str = "train", image_si
                    channels: int = 0, limit: int = 0):
     """A base recipe whose data group reads `name` (native size/channels when 0)."""
     from jaxgan import config as config_lib
-    c = config_lib.base_config()
     from jaxgan import data as data_lib
     if name == "folder" and not data_dir:
         raise ClassifierError("--dataset folder needs --data_dir FOLDER (the real images)")
+    c = config_lib.base_config()
     c.data.name, c.data.split, c.data.limit = name, split, int(limit)
     data_lib.set_location(c, data_dir)
     if (not image_size or not channels) and name not in config_lib.MIXTURES:
