@@ -1,8 +1,9 @@
 """Orbax checkpoints of a run: the whole GANState, the generator alone, and the recipe.
 
 The generator (and a semi-supervised run's critic) is saved as its own item so `jaxgan.sample`
-and `jaxgan.evaluate` restore a few megabytes instead of both optimizers and the critic. Orbax writes each step to a temporary
-directory and renames it when complete, so a crash mid-save leaves the previous step restorable.
+and `jaxgan.evaluate` restore a few megabytes instead of both optimizers and the critic. Orbax
+writes each step to a temporary directory and renames it when complete, so a crash mid-save
+leaves the previous step restorable.
 """
 from __future__ import annotations
 
