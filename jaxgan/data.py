@@ -290,6 +290,20 @@ def folder_fingerprint(path: str) -> str:
     return f"{os.path.basename(path)}-{digest[:12]}"
 
 
+def folder_image_shape(path: str) -> tuple[int, int]:
+    """A folder's native (size, channels): its first readable image's shorter side (load_folder
+    crops to a square), grey or RGB."""
+    from PIL import Image
+    path, files, _ = _folder_files(path)
+    for f in files:
+        try:
+            with Image.open(f) as img:
+                return min(img.size), (1 if img.mode in ("L", "I", "F", "1") else 3)
+        except Exception:  # unreadable, as in _decode_file: the next one
+            continue
+    raise DataError(f"all {len(files)} image files under {path!r} are unreadable")
+
+
 def load_folder(path: str, size: int, channels: int, use_cache: bool = True) -> Dataset:
     """Every image under `path` (recursive; jpg, jpeg, png, webp, bmp), center-cropped to a
     square and resized to size x size, grey or RGB. Unreadable files are skipped and counted in

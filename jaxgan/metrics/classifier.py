@@ -316,8 +316,9 @@ def native_image_shape(name: str, data_dir: str | None = None) -> tuple[int, int
     """(size, channels) of a dataset's square images (TFDS metadata; digits: 8x8 grey)."""
     if name == "digits":
         return 8, 1
-    if name == "folder":  # its first readable image's size
-        return _folder_image_shape(data_dir or "")
+    if name == "folder":
+        from jaxgan import data as data_lib
+        return data_lib.folder_image_shape(data_dir or "")
     if name == "stacked_mnist":  # one MNIST digit per RGB channel
         return native_image_shape("mnist", data_dir)[0], 3
     import tensorflow_datasets as tfds
@@ -326,20 +327,6 @@ def native_image_shape(name: str, data_dir: str | None = None) -> tuple[int, int
     if len(shape) != 3 or shape[0] is None or shape[0] != shape[1]:
         raise ClassifierError(f"{name!r} has images of shape {shape}; pass --image_size N")
     return int(shape[0]), int(shape[2])
-
-
-def _folder_image_shape(path: str) -> tuple[int, int]:
-    """A folder's 'native' shape: its first readable image's shorter side (load_folder crops
-    to a square), grey or RGB."""
-    from PIL import Image
-    from jaxgan import data as data_lib
-    for f in data_lib.list_images(path) if os.path.isdir(path) else []:
-        try:
-            with Image.open(f) as img:
-                return min(img.size), (1 if img.mode in ("L", "I", "F", "1") else 3)
-        except Exception:  # an unreadable file: the next one
-            continue
-    raise ClassifierError(f"no readable images under {path!r}")
 
 
 def dataset_config(name: str, data_dir: str = "", split: str = "train", image_size: int = 0,
