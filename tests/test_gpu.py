@@ -80,38 +80,54 @@ def test_the_gpu_runs_plain_xla_convolutions_and_subpixel_upsampling(monkeypatch
 @pytest.mark.parametrize("loss", ["gan", "wgan-gp"])
 def test_hw6_step_equals_the_cpu_formulation_on_the_same_device(loss, monkeypatch):
     """The GPU's convolutions (lax's own VJPs, sub-pixel upsampling) and the CPU's (custom
-    VJPs, phase upsampling) are the same functions: one step from one state agrees. At the
-    'highest' matmul precision (no TF32), so the difference is float32 summation order.
+    VJPs, phase upsampling) are the same functions. At the 'highest' matmul precision (no TF32),
+    so the difference is float32 summation order: both models' outputs and VJPs (train mode,
+    fixed inputs and cotangents) to 1e-5, and one step's losses to 1e-4.
 
-    Metrics (losses, gradient norms) to 1e-4. Parameters: Adam's first step moves each by about
-    lr * sign(gradient), so where a gradient is ~0 the two orders can differ by up to 2 lr
-    (dry run on CPU: 37 of 7.9 million entries, up to 1.7e-4); all but 1 in 10^4 to 1e-6."""
+    One step's gradient norms only to 1e-3, and its parameters not at all: the HW6 critic's
+    gradient at init is ill-conditioned in its input. The two formulations' fakes differ by
+    1e-6, which moves some critic gradient leaves by 0.4% and d/grad_norm by 4e-5 (noise of 1e-6
+    added to the fakes does the same); Adam's first step turns that into sign flips of +-lr in
+    0.8% of the parameters, and g/grad_norm came out 3.8e-4 apart under jax 0.11.2, on CPU and
+    on an H200 alike (1e-6 under jax 0.10.2, by luck of the summation order)."""
     c = hw6_config(loss, batch=8)
-    lr = float(c.optim.g.lr)
+    runs = []
     with jax.default_matmul_precision("highest"):
         state, data = init(c, 16)
-        monkeypatch.setattr(layers, "default_conv_impl", lambda backend: "xla")
-        monkeypatch.setattr(layers, "default_upsample_impl", lambda backend: "subpixel")
-        a, ma = one_step(c, state, data)
-        monkeypatch.setattr(layers, "default_conv_impl", lambda backend: "fast")
-        monkeypatch.setattr(layers, "default_upsample_impl", lambda backend: "phase")
-        b, mb = one_step(c, state, data)
+        for conv, upsample in (("xla", "subpixel"), ("fast", "phase")):
+            monkeypatch.setattr(layers, "default_conv_impl", lambda backend: conv)
+            monkeypatch.setattr(layers, "default_upsample_impl", lambda backend: upsample)
+            runs.append((model_vjps(c, state, data), one_step(c, state, data)[1]))
+    (a, ma), (b, mb) = runs
+    for k in a:
+        err = np.linalg.norm(b[k] - a[k]) / np.linalg.norm(a[k])
+        assert err < 1e-5, (k, err)
     for k in ma:
-        np.testing.assert_allclose(mb[k], ma[k], rtol=1e-4, atol=1e-5, err_msg=k)
-    x, y = _adam_comparable(a, c), _adam_comparable(b, c)
-    diff = np.abs(x - y)
-    assert diff.max() <= 2 * lr, diff.max()
-    assert np.mean(diff > 1e-6) < 1e-4, np.sum(diff > 1e-6)
+        rtol = 1e-3 if k.endswith("grad_norm") else 1e-4
+        np.testing.assert_allclose(mb[k], ma[k], rtol=rtol, atol=1e-5, err_msg=k)
 
 
-def _adam_comparable(state, c) -> np.ndarray:
-    """All parameters but the biases of a batch-norm critic: the norm removes them, so their
-    exact gradient is 0 and Adam's first step turns rounding noise into +-lr there."""
-    d_params = state.d_params
-    if c.model.d_norm == "batch":
-        d_params = jax.tree_util.tree_map_with_path(
-            lambda path, v: None if "bias" in jax.tree_util.keystr(path) else v, d_params)
-    return np.concatenate([np.ravel(v) for v in jax.tree.leaves((state.g_params, d_params))])
+def model_vjps(c, state, data) -> dict:
+    """Train-mode outputs of both models and their VJPs for fixed inputs and cotangents,
+    each flattened to one vector."""
+    g, d = models.build(c)
+    g_apply, d_apply = step_lib.apply_fn(g), step_lib.apply_fn(d)
+    kz, kg, kd = jax.random.split(jax.random.PRNGKey(7), 3)
+    z, real = jax.random.normal(kz, (8, c.model.z_dim)), data["images"][:8]
+
+    @jax.jit
+    def run(state):
+        fake, g_vjp = jax.vjp(lambda p, z: g_apply(p, state.g_stats, z, True)[0],
+                              state.g_params, z)
+        score, d_vjp = jax.vjp(lambda p, x: d_apply(p, state.d_stats, x, True)[0],
+                               state.d_params, real)
+        return {"fake": fake, "g_vjp": g_vjp(jax.random.normal(kg, fake.shape)),
+                "score": score, "d_vjp": d_vjp(jax.random.normal(kd, score.shape))}
+
+    def flat(tree):  # float leaves only: integer inputs' cotangents are float0
+        return np.concatenate([np.ravel(v) for v in jax.tree.leaves(tree)
+                               if jnp.issubdtype(v.dtype, jnp.floating)])
+    return {k: flat(v) for k, v in run(state).items()}
 
 
 def test_bf16_hw6_wgan_gp_step_is_close_to_float32():
