@@ -95,8 +95,8 @@ def test_hw6_step_equals_the_cpu_formulation_on_the_same_device(loss, monkeypatc
     with jax.default_matmul_precision("highest"):
         state, data = init(c, 16)
         for conv, upsample in (("xla", "subpixel"), ("fast", "phase")):
-            monkeypatch.setattr(layers, "default_conv_impl", lambda backend: conv)
-            monkeypatch.setattr(layers, "default_upsample_impl", lambda backend: upsample)
+            monkeypatch.setattr(layers, "default_conv_impl", lambda backend, v=conv: v)
+            monkeypatch.setattr(layers, "default_upsample_impl", lambda backend, v=upsample: v)
             runs.append((model_vjps(c, state, data), one_step(c, state, data)[1]))
     (a, ma), (b, mb) = runs
     for k in a:
