@@ -263,9 +263,8 @@ def _decode_file(path: str, size: int, channels: int) -> np.ndarray | None:
         return None
 
 
-def _folder_files(path: str) -> tuple[str, list[str], str]:
-    """(absolute path, its image files, a digest of their names, sizes and modification
-    times): the folder's identity for caches."""
+def _folder_images(path: str) -> tuple[str, list[str]]:
+    """(absolute path, its image files); a one-line DataError when there are none."""
     if not path or not os.path.isdir(os.path.expanduser(path)):
         raise DataError(f"data.path={path!r} is not a folder; point it at a folder of images "
                         f"({', '.join(IMAGE_SUFFIXES)})")
@@ -273,6 +272,17 @@ def _folder_files(path: str) -> tuple[str, list[str], str]:
     files = list_images(path)
     if not files:
         raise DataError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under data.path={path!r}")
+    return path, files
+
+
+def _all_unreadable(path: str, files: list[str]) -> DataError:
+    return DataError(f"all {len(files)} image files under {path!r} are unreadable")
+
+
+def _folder_files(path: str) -> tuple[str, list[str], str]:
+    """(absolute path, its image files, a digest of their names, sizes and modification
+    times): the folder's identity for caches."""
+    path, files = _folder_images(path)
     stamp = hashlib.sha1()
     for f in files:
         try:
@@ -294,14 +304,14 @@ def folder_image_shape(path: str) -> tuple[int, int]:
     """A folder's native (size, channels): its first readable image's shorter side (load_folder
     crops to a square), grey or RGB."""
     from PIL import Image
-    path, files, _ = _folder_files(path)
+    path, files = _folder_images(path)  # no digest: one image is read, no file stat'd
     for f in files:
         try:
             with Image.open(f) as img:
                 return min(img.size), (1 if img.mode in ("L", "I", "F", "1") else 3)
         except Exception:  # unreadable, as in _decode_file: the next one
             continue
-    raise DataError(f"all {len(files)} image files under {path!r} are unreadable")
+    raise _all_unreadable(path, files)
 
 
 def load_folder(path: str, size: int, channels: int, use_cache: bool = True) -> Dataset:
@@ -327,7 +337,7 @@ def load_folder(path: str, size: int, channels: int, use_cache: bool = True) -> 
     _parallel_chunks(decode, len(files), 256)
     skipped = int(len(files) - ok.sum())
     if skipped == len(files):
-        raise DataError(f"all {len(files)} image files under {path!r} are unreadable")
+        raise _all_unreadable(path, files)
     images = out if skipped == 0 else out[ok]
     if use_cache:
         _cache_write(cpath, images=images, skipped=np.int64(skipped))
