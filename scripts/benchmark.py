@@ -597,8 +597,9 @@ def main(argv=None) -> int:
     if args.device == "cpu":
         env["CUDA_VISIBLE_DEVICES"] = ""
         env.setdefault("OMP_NUM_THREADS", str(args.threads))
-    else:  # workers share the GPU: a JAX worker reserves 40% of it, not its default 75%
-        env.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.4")
+    else:  # the workers share the GPU: JAX's would each reserve 75% of it by default
+        n_jax = sum(impl == "jaxgan" for impl, _ in variants)
+        env.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", f"{min(0.4, 0.8 / max(1, n_jax)):.2f}")
 
     count_flops = args.device == "gpu" or args.peak_tflops > 0 or args.gemm_peak
     cmd = [os.path.basename(sys.executable), "scripts/benchmark.py"]

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Issue 5's GPU checks as one prepared run on a lent GPU machine: the HW6 benchmarks the GPU
-# goals are measured by (bf16 batch 512 MFU, with the variants that may raise it; batch 64
-# against PyTorch eager + AMP), the GPU tests, then f32 and torch.compile if time is left, each
-# under the time still left. Session 22's run on an H200 is in BUILD_NOTES ("Speed and scale").
+# Issue 5's GPU checks as one prepared run on a lent GPU machine: where the bf16 batch-512 step's
+# GPU time goes (scripts/profile_step.py, both losses), the batch-512 benchmark the MFU goal is
+# measured by with the variants that may raise it, f32 at batch 64 against PyTorch eager, then
+# the GPU tests if time is left (TESTS=0 skips them), each under the time still left. Sessions
+# 22 and 23's runs on an H200 are in BUILD_NOTES ("Speed and scale").
 #
 #   bash scripts/device_check.sh                # on the GPU machine, from the repo root
 #
@@ -13,11 +14,14 @@
 #       ml_collections==1.1.0
 # then: run(command="bash scripts/device_check.sh", carry=[".whl"], timeout_s=590).
 #
-# Output under $OUT (the device tool's folder; default /tmp/jaxgan-device), 7 files: check.log
-# (everything, in order), and per benchmark bench_<dtype>_b<batch>.json and its workers' stderr.
-# Knobs (environment): BUDGET_S (540: seconds for the whole script), DEVICE (gpu; `cpu` dry-runs
-# the script's plumbing here), BENCH_ARGS (extra benchmark.py arguments), PEAK_BF16_TFLOPS /
-# PEAK_F32_TFLOPS (dense peaks for MFU; default: H100/H200 SXM, 989 and 495 with TF32).
+# Output under $OUT (the device tool's folder, which takes back 8 files; default
+# /tmp/jaxgan-device): check.log (everything, in order, with the benchmark workers' errors),
+# profile_<loss>.json (kernel time per HLO operation) and hlo_<loss>.txt.gz (the compiled step),
+# bench_<dtype>_b<batch>.json. Knobs (environment): BUDGET_S (540: seconds for the whole script),
+# DEVICE (gpu; `cpu` dry-runs the script's plumbing here), BIG (512: the MFU batch; a small one
+# for a dry run), BENCH_ARGS (extra benchmark.py arguments), VARIANTS (the batch-512 jaxgan
+# variants), TESTS (1), PEAK_BF16_TFLOPS / PEAK_F32_TFLOPS (dense peaks for MFU; default:
+# H100/H200 SXM, 989 and 495 with TF32).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/jaxgan-device}
@@ -73,24 +77,32 @@ flax.__version__, 'optax', optax.__version__, jax.devices())" 2>&1 | tee -a "$LO
 "$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())" \
     2>&1 | tee -a "$LOG"
 
-# bench DTYPE BATCH PEAK LIMIT_S IMPLS [ARGS...]: one benchmark.py run, both losses
+# bench DTYPE BATCH PEAK LIMIT_S IMPLS [ARGS...]: one benchmark.py run, both losses; the
+# workers' stderr goes to /tmp, and its errors (if any) to the log
 bench() {
   local dtype=$1 batch=$2 peak=$3 limit=$4 impls=$5
   shift 5
+  local workers=/tmp/jaxgan-workers_${dtype}_b${batch}.log
   step "benchmark $dtype batch $batch" "$limit" "$PY" scripts/benchmark.py --device "$DEVICE" \
       --losses gan,wgan-gp --impls "$impls" --dtype "$dtype" --batch "$batch" \
       --peak_tflops "$peak" --gemm_peak --repeats 3 --steps 10 --warmup 3 \
-      --json "$OUT/bench_${dtype}_b${batch}.json" --log "$OUT/workers_${dtype}_b${batch}.log" \
-      "$@" "${EXTRA[@]}"
+      --json "$OUT/bench_${dtype}_b${batch}.json" --log "$workers" "$@" "${EXTRA[@]}"
+  grep -i -B3 -A12 "error\|traceback" "$workers" 2>/dev/null | tail -n 80 | tee -a "$LOG"
 }
 
-# goal: >= 35% MFU (session 22: 20.4% gan, 15.7% WGAN-GP). Transposed convs as cuDNN's own
-# (sub-pixel multiplies 9 taps where 6.25 touch data) and the critic loop unrolled are the
-# first candidates.
-bench bfloat16 512 "$bf16_peak" 240 jaxgan,torch-eager \
-    --variants "jaxgan:upsample=transpose,jaxgan:critic_loop=unrolled"
-bench bfloat16 64 "$bf16_peak" 120 jaxgan,torch-eager      # goal: >= 2x torch eager + AMP
-step "GPU tests" 200 env JAXGAN_GPU_TESTS_ON_CPU="$([[ $DEVICE == cpu ]] && echo 1)" \
-    "$PY" -m pytest -p no:xdist -p no:cacheprovider -q -o addopts="" tests/test_gpu.py
-bench float32 64 "$f32_peak" 200 jaxgan,torch-eager,torch-compile
+BIG=${BIG:-512}
+# goal: >= 35% MFU in bf16 at batch 512 (session 22: 20.4% gan, 15.7% WGAN-GP). Where the time
+# goes first, then the upsampling and loop forms that may move it.
+for loss in gan wgan-gp; do
+  step "profile $loss bf16 batch $BIG" 120 "$PY" scripts/profile_step.py --device "$DEVICE" \
+      --loss "$loss" --dtype bfloat16 --batch "$BIG" --steps 3 --warmup 2 --top 40 \
+      --json "$OUT/profile_$loss.json" --save_hlo "$OUT/hlo_$loss.txt.gz"
+done
+bench bfloat16 "$BIG" "$bf16_peak" 300 jaxgan \
+    --variants "${VARIANTS-jaxgan:upsample=transpose,jaxgan:upsample=phase,jaxgan:critic_loop=unrolled}"
+bench float32 64 "$f32_peak" 150 jaxgan,torch-eager    # jaxgan's f32 GPU step, not yet timed
+if [[ ${TESTS:-1} == 1 ]]; then
+  step "GPU tests" 200 env JAXGAN_GPU_TESTS_ON_CPU="$([[ $DEVICE == cpu ]] && echo 1)" \
+      "$PY" -m pytest -p no:xdist -p no:cacheprovider -q -o addopts="" tests/test_gpu.py
+fi
 say "# done, $(( deadline - $(date +%s) )) s of the budget left"

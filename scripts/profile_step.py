@@ -24,7 +24,14 @@ the work does (session 18: 9-150 TFLOP/s "measured" on 2 cores). The script prin
 those and says so; their work shows only in the wall time. `--step_options none` profiles the
 step as XLA compiles it by default instead (YNNPACK's convolutions where the jaxlib has them).
 
-CPU only: GPU traces name kernels, not HLO operations (use the benchmark's MFU there).
+On a GPU (`--device gpu`) the trace's kernels on the device's streams are summed by the HLO
+operation that launched them (the kernel name where none is recorded), so the table says how much
+of the step is cuDNN's convolutions (custom calls `cudnn-conv*`, FLOPs counted as above from
+their forward shapes) and how much XLA's own fusions (normalisation, activations, optimizer),
+and how much of the wall time the GPU sat idle. `--save_hlo F` writes the compiled HLO (gzip),
+`--json F` the per-operation table with each kernel name, to read the run again offline.
+
+    python scripts/profile_step.py --device gpu --dtype bfloat16 --batch 512 --json F
 """
 from __future__ import annotations
 
@@ -61,8 +68,16 @@ def op_flops(hlo: str) -> dict[str, tuple[float, str]]:
     out = {}
     for computation, body in computations.items():
         shapes = {m.group(1): _shape(m.group(2)) for m in re.finditer(
-            r"%?([\w.\-]+) = (\w+\[[\d,]*\])", body)}
+            r"%?([\w.\-]+) = \(?(\w+\[[\d,]*\])", body)}
         for line in body.split("\n"):
+            if "custom-call(" in line and _CUDNN_CONV.search(line):
+                counted = _custom_call_flops(line, shapes)
+                name = re.search(r"%?([\w.\-]+) = ", line).group(1)
+                if counted:
+                    owner = callers.get(computation, name)
+                    f0, d0 = out.get(owner, (0.0, ""))
+                    out[owner] = (f0 + counted[0], f"{d0}; {counted[1]}" if d0 else counted[1])
+                continue
             op = re.search(r"%?([\w.\-]+) = (\w+\[[\d,]*\])\S* (convolution|dot)\("
                            r"%?([\w.\-]+), %?([\w.\-]+)\)", line)
             if not op:
@@ -83,10 +98,66 @@ def op_flops(hlo: str) -> dict[str, tuple[float, str]]:
     return out
 
 
+_CUDNN_CONV = re.compile(r'custom_call_target="__cudnn\$conv(\w*)"')
+
+
+def _custom_call_flops(line: str, shapes: dict) -> tuple[float, str] | None:
+    """FLOPs of a cuDNN convolution custom call (XLA:GPU's form of every convolution and its
+    gradients): 2 x forward output elements x kernel taps x input channels per group, i.e.
+    2 |W| |Y| / Cout. Forward (and its fused forms): (X, W) -> Y; BackwardInput: (Y, W) -> X;
+    BackwardFilter: (X, Y) -> W; dim_labels describe the forward convolution in every kind."""
+    call = re.search(r"%?([\w.\-]+) = \(?(\w+\[[\d,]*\])[^=]*? custom-call\(([^)]*)\)", line)
+    kind = _CUDNN_CONV.search(line)
+    labels = re.search(r"dim_labels=\w+_\w+->(\w+)", line)
+    if not (call and kind and labels):
+        return None
+    operands = [_shape(o.strip().split(" ")[0]) if "[" in o else shapes.get(o.strip().lstrip("%"))
+                for o in call.group(3).split(",") if o.strip()]
+    result = _shape(call.group(2))
+    kind = kind.group(1) or "Forward"
+    if len(operands) < 2 or not all(operands[:2]):
+        return None
+    w, y = ((result, operands[1]) if kind == "BackwardFilter" else
+            (operands[1], operands[0]) if kind == "BackwardInput" else (operands[1], result))
+    cout = y[labels.group(1).index("f")]
+    window = re.search(r"window=\{([^}]*)\}", line)
+    desc = f"cudnn {kind} {operands[0]}*{operands[1]}->{result} {window.group(1) if window else ''}"
+    return 2.0 * math.prod(w) * math.prod(y) / cout, desc
+
+
 def launch_timed(ops: dict) -> set[str]:
     """The convolutions and dots of `op_flops` whose trace events need not time their work: all
     but YNNPACK's calls (Eigen's kernels finish on its thread pool after the event ends)."""
     return {name for name in ops if not name.startswith("ynn_fusion")}
+
+
+def device_kernels(planes) -> list[dict]:
+    """Kernel (and copy) events on the GPUs' streams of a `jax.profiler.ProfileData`'s planes:
+    {op: the HLO operation that launched it (its `hlo_op` stat, else the kernel name), kernel,
+    start_ns, ns}."""
+    out = []
+    for plane in planes:
+        if not plane.name.startswith("/device:GPU"):
+            continue
+        for line in plane.lines:
+            if not line.name.startswith("Stream"):
+                continue  # derived lines (XLA Ops / Modules) would count a kernel twice
+            for e in line.events:
+                stats = dict(e.stats)
+                out.append({"op": str(stats.get("hlo_op") or e.name), "kernel": e.name,
+                            "start_ns": e.start_ns, "ns": e.duration_ns})
+    return out
+
+
+def busy_ns(kernels: list[dict]) -> float:
+    """Time at least one kernel ran: the union of their intervals (streams may overlap)."""
+    total, end = 0.0, float("-inf")
+    for k in sorted(kernels, key=lambda k: k["start_ns"]):
+        start, stop = k["start_ns"], k["start_ns"] + k["ns"]
+        if stop > end:
+            total += stop - max(start, end)
+            end = stop
+    return total
 
 
 def main(argv=None) -> int:
@@ -100,32 +171,32 @@ def main(argv=None) -> int:
     p.add_argument("--peak_matmul", action="store_true",
                    help="also time a 2048^3 matmul in f32 and bf16 (the CPU's GEMM rate)")
     p.add_argument("--json", help="also write the per-operation table here")
+    p.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
+    p.add_argument("--save_hlo", help="write the compiled step's HLO text here (gzip)")
     p.add_argument("--step_options", choices=("auto", "none"), default="auto",
                    help="auto: compile the step as jaxgan.train does "
                         "(layers.step_compiler_options); none: XLA's default options")
     args = p.parse_args(argv)
 
+    if args.device == "gpu":
+        return profile_gpu(args)
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
                                + " --xla_cpu_enable_xprof_traceme=true").strip()
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
     import jax
-    import jax.numpy as jnp
 
     sys.path[:0] = [HERE, os.path.dirname(HERE)]
-    from benchmark import compiled_hw6_step, hw6_config, jax_gemm_gflops, random_images
+    from benchmark import jax_gemm_gflops
     from jaxgan import host_memory, layers
 
     host_memory.keep_freed_memory()  # as jaxgan.train runs; before the first computation
     if jax.default_backend() != "cpu":
-        print("error: profile_step.py reads XLA:CPU thunk events; run it on CPU", file=sys.stderr)
+        print("error: without --device gpu, profile_step.py reads XLA:CPU thunk events; "
+              "run it on CPU", file=sys.stderr)
         return 2
     if args.step_options == "none":
         layers.step_compiler_options = lambda backend: {}
-    c = hw6_config(args.loss, args.batch)
-    dtype = jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32
-    data = random_images(4 * args.batch)
-    state, step, _ = compiled_hw6_step(c, dtype, data)
-    ops = op_flops(step.as_text())
+    state, step, data, ops = _compiled(args)
     untimed = launch_timed(ops)
     for _ in range(args.warmup):
         state, _ = step(state, data)
@@ -188,6 +259,98 @@ def main(argv=None) -> int:
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"wall_ms": wall * 1e3, "summed_ms": summed, "ops": rows}, f, indent=1)
+    return 0
+
+
+def _compiled(args):
+    """(state, compiled step, data, its convolutions' and dots' FLOPs) of the benchmark's HW6
+    step, as its jaxgan worker builds it; the HLO is saved if --save_hlo asks."""
+    import jax.numpy as jnp
+
+    sys.path[:0] = [HERE, os.path.dirname(HERE)]
+    from benchmark import compiled_hw6_step, hw6_config, random_images
+
+    c = hw6_config(args.loss, args.batch)
+    dtype = jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32
+    data = random_images(4 * args.batch)
+    state, step, _ = compiled_hw6_step(c, dtype, data)
+    hlo = step.as_text()
+    if args.save_hlo:
+        with gzip.open(args.save_hlo, "wt") as f:
+            f.write(hlo)
+    return state, step, data, op_flops(hlo)
+
+
+def profile_gpu(args) -> int:
+    """The GPU table: kernel time per HLO operation, by kind, against the wall time."""
+    os.environ.setdefault("JAX_PLATFORMS", "cuda")
+    import jax
+    from jax.profiler import ProfileData
+
+    if jax.default_backend() != "gpu":
+        print(f"error: --device gpu, but JAX's backend is {jax.default_backend()}",
+              file=sys.stderr)
+        return 2
+    state, step, data, ops = _compiled(args)
+    for _ in range(args.warmup):
+        state, _ = step(state, data)
+    jax.block_until_ready(state)
+    t0 = time.perf_counter()
+    for _ in range(args.steps):
+        state, _ = step(state, data)
+    jax.block_until_ready(state)
+    untraced = (time.perf_counter() - t0) / args.steps
+    trace_dir = tempfile.mkdtemp(prefix="jaxgan-profile-")
+    with jax.profiler.trace(trace_dir):
+        t0 = time.perf_counter()
+        for _ in range(args.steps):
+            state, _ = step(state, data)
+        jax.block_until_ready(state)
+        wall = (time.perf_counter() - t0) / args.steps
+    [path] = glob.glob(os.path.join(trace_dir, "**", "*.xplane.pb"), recursive=True)
+    planes = ProfileData.from_file(path).planes
+    kernels = device_kernels(planes)
+    if not kernels:
+        print("error: no kernel events on a GPU stream; the trace's planes and lines: " + "; ".join(
+            f"{p.name}: {[line.name for line in p.lines][:8]}" for p in planes), file=sys.stderr)
+        return 1
+    per_op, names, count = collections.Counter(), {}, collections.Counter()
+    for k in kernels:
+        per_op[k["op"]] += k["ns"] / 1e6 / args.steps
+        count[k["op"]] += 1
+        names.setdefault(k["op"], set()).add(k["kernel"])
+    busy = busy_ns(kernels) / 1e6 / args.steps
+    summed = sum(per_op.values())
+    conv_ms = sum(ms for op, ms in per_op.items() if op in ops)
+    flops = sum(ops[op][0] for op in per_op if op in ops)
+    by_kind = collections.Counter()
+    for op, ms in per_op.items():
+        by_kind["convolutions and dots (counted)" if op in ops else re.sub(r"\.\d+$", "", op)] += ms
+    print(f"# HW6 {args.loss}, batch {args.batch}, {args.dtype}, {jax.devices()[0].device_kind}; "
+          f"{args.steps} profiled step(s)")
+    print(f"wall {untraced * 1e3:.2f} ms/step untraced, {wall * 1e3:.2f} traced; kernels "
+          f"{summed:.2f} ms/step summed, GPU busy {busy:.2f} ({100 * busy / (wall * 1e3):.0f}% of "
+          f"the traced wall), {len(kernels) / args.steps:.0f} kernels/step")
+    print(f"convolutions and dots: {conv_ms:.2f} ms/step ({100 * conv_ms / max(summed, 1e-9):.0f}% "
+          f"of kernel time), {flops / 1e9:.1f} GFLOP (all taps), "
+          f"{flops / max(conv_ms, 1e-9) / 1e9:.0f} TFLOP/s while they run")
+    print("\n## by kind (ms/step, share of kernel time)")
+    for kind, ms in by_kind.most_common(15):
+        print(f"{ms:8.2f}  {100 * ms / summed:5.1f}%  {kind}")
+    print(f"\n## slowest {args.top} operations (ms/step, launches/step, TFLOP/s, kernel)")
+    rows = []
+    for op, ms in per_op.most_common():
+        f, desc = ops.get(op, (0.0, ""))
+        rows.append({"op": op, "ms": ms, "launches": count[op] / args.steps, "gflops": f / 1e9,
+                     "desc": desc, "kernels": sorted(names[op])})
+    for r in rows[:args.top]:
+        rate = f"{r['gflops'] / r['ms']:6.0f}" if r["gflops"] else "     -"
+        print(f"{r['ms']:7.3f} {r['launches']:4.0f} {rate}  {r['op'][:36]:<36} "
+              f"{r['kernels'][0][:60]}  {r['desc'][:90]}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"wall_ms": wall * 1e3, "untraced_ms": untraced * 1e3, "busy_ms": busy,
+                       "kernel_ms": summed, "ops": rows}, f, indent=1)
     return 0
 
 

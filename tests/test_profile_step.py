@@ -52,3 +52,49 @@ def test_only_ynnpack_calls_count_as_timed_work():
         default = op_flops(jax.jit(f).lower(*args).compile().as_text())
         [name] = default  # the fusion that holds it (here the program's ROOT), not the conv
         assert name.startswith("ynn_fusion") and not launch_timed(default)
+
+
+def test_op_flops_counts_cudnn_convolutions_of_every_kind():
+    """XLA:GPU's convolutions are cuDNN custom calls; each kind's FLOPs are the forward conv's.
+    HLO in XLA:GPU's form (operands by name, tuple results, forward dim_labels)."""
+    hlo = """HloModule m
+
+ENTRY %main (x: bf16[4,32,32,64], w: bf16[3,3,64,32], dy: bf16[4,16,16,32]) -> bf16[4,16,16,32] {
+  %x = bf16[4,32,32,64]{3,2,1,0} parameter(0)
+  %w = bf16[3,3,64,32]{3,2,1,0} parameter(1)
+  %dy = bf16[4,16,16,32]{3,2,1,0} parameter(2)
+  %cudnn-conv.1 = (bf16[4,16,16,32]{3,2,1,0}, u8[0]{0}) custom-call(%x, %w), window={size=3x3 stride=2x2 pad=1_0x1_0}, dim_labels=b01f_01io->b01f, custom_call_target="__cudnn$convForward"
+  %cudnn-conv-bw-input.2 = (bf16[4,32,32,64]{3,2,1,0}, u8[0]{0}) custom-call(%dy, %w), window={size=3x3 stride=2x2 pad=1_0x1_0}, dim_labels=b01f_01io->b01f, custom_call_target="__cudnn$convBackwardInput"
+  %cudnn-conv-bw-filter.3 = (bf16[3,3,64,32]{3,2,1,0}, u8[0]{0}) custom-call(%x, %dy), window={size=3x3 stride=2x2 pad=1_0x1_0}, dim_labels=b01f_01io->b01f, custom_call_target="__cudnn$convBackwardFilter"
+  ROOT %gte = bf16[4,16,16,32]{3,2,1,0} get-tuple-element(%cudnn-conv.1), index=0
+}
+"""
+    ops = op_flops(hlo)
+    # 2 x output elements (4*16*16*32) x taps (3*3) x input channels (64), for all three
+    expected = 2 * (4 * 16 * 16 * 32) * (3 * 3) * 64
+    assert {name: flops for name, (flops, _) in ops.items()} == {
+        "cudnn-conv.1": expected, "cudnn-conv-bw-input.2": expected,
+        "cudnn-conv-bw-filter.3": expected}
+    assert "BackwardFilter" in ops["cudnn-conv-bw-filter.3"][1]
+
+
+def test_gpu_kernel_events_are_summed_by_operation_and_their_busy_time_is_a_union():
+    from types import SimpleNamespace as NS
+
+    from profile_step import busy_ns, device_kernels
+
+    def event(name, start, ns, op=None):
+        return NS(name=name, start_ns=start, duration_ns=ns,
+                  stats=[("hlo_op", op)] if op else [])
+
+    planes = [NS(name="/host:CPU", lines=[NS(name="python", lines=[],
+                                            events=[event("f", 0, 99)])]),
+              NS(name="/device:GPU:0", lines=[
+                  NS(name="Stream #13(Compute)", events=[event("sm90_xmma", 0, 10, "cudnn-conv.1"),
+                                                         event("loop_fusion", 20, 5)]),
+                  NS(name="Stream #14(Memcpy)", events=[event("MemcpyD2D", 8, 4, "copy.2")]),
+                  NS(name="XLA Ops", events=[event("cudnn-conv.1", 0, 10, "cudnn-conv.1")])])]
+    kernels = device_kernels(planes)
+    assert [(k["op"], k["kernel"]) for k in kernels] == [
+        ("cudnn-conv.1", "sm90_xmma"), ("loop_fusion", "loop_fusion"), ("copy.2", "MemcpyD2D")]
+    assert busy_ns(kernels) == 10 + 2 + 5  # [0, 12) and [20, 25)
