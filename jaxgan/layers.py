@@ -45,7 +45,7 @@ Array = jax.Array
 IntOr2 = int | Sequence[int]
 
 IMPLEMENTATIONS = ("auto", "phase", "subpixel", "transpose")
-GRAD_IMPLEMENTATIONS = ("auto", "fast", "xla")
+GRAD_IMPLEMENTATIONS = ("auto", "fast", "table", "xla")
 _DN = ("NHWC", "HWIO", "NHWC")
 
 
@@ -303,14 +303,14 @@ def _phase_conv_transpose(x, kernel, strides, pads, opads, precision, grad_impl)
     """Forward by phases (fewest FLOPs). With fast gradients the layer is `_conv_dx`, the input
     gradient of the strided conv it is the adjoint of, so its own gradients are that conv's
     forward (input gradient) and kernel gradient: no multiplies by zero taps anywhere."""
-    if _resolve_grad_impl(grad_impl) == "xla":
+    if _resolve_grad_impl(grad_impl) != "fast":  # 'table': the generator has no second order
         return _phase_forward(x, kernel, strides, pads, opads, precision)
     out_shape = (x.shape[0],
                  *(_torch_out_size(x.shape[1 + a], kernel.shape[a], strides[a], pads[a], opads[a])
                    for a in (0, 1)),
                  kernel.shape[3])
     conv_pads = tuple((p, p - op) for p, op in zip(pads, opads))
-    return _conv_dx(x, _flip_io(kernel), out_shape, strides, conv_pads, precision)
+    return _conv_dx(x, _flip_io(kernel), out_shape, strides, conv_pads, precision, True)
 
 
 # ----------------------------------------------------------------------------- convolutions
@@ -337,11 +337,13 @@ def _phase_conv_transpose(x, kernel, strides, pads, opads, precision, grad_impl)
 def default_conv_impl(backend: str) -> str:
     """Gradient formulation that 'auto' picks for a JAX backend ('cpu', 'gpu', 'tpu').
 
-    'fast' on CPU, where it was measured (BUILD_NOTES.md, "Speed and scale"). 'xla' (plain
-    lax convs, cuDNN's own kernels) on GPU/TPU: not measured there yet; change this one
-    function after a GPU measurement.
+    'fast' on CPU, where it was measured (BUILD_NOTES.md, "Speed and scale"). 'table' on GPU:
+    XLA's own forms (cuDNN's kernels), but WGAN-GP's second-order term as a kernel gradient;
+    in JAX's own form cuDNN ran it as a 32x32-window forward conv, 9.4 of the 44 ms of the HW6
+    WGAN-GP step at batch 512 on an H200 (session 23). 'xla' (lax's own VJPs) on TPU, where
+    nothing was measured.
     """
-    return "fast" if backend == "cpu" else "xla"
+    return {"cpu": "fast", "gpu": "table"}.get(backend, "xla")
 
 
 def jaxlib_version() -> tuple[int, ...]:
@@ -392,7 +394,7 @@ def sampler_compiler_options(backend: str) -> dict[str, str]:
 def _resolve_grad_impl(grad_impl: str) -> str:
     if grad_impl == "auto":
         grad_impl = default_conv_impl(jax.default_backend())
-    if grad_impl not in ("fast", "xla"):
+    if grad_impl not in ("fast", "table", "xla"):
         raise ValueError(f"grad_impl must be one of {GRAD_IMPLEMENTATIONS}, got {grad_impl!r}")
     return grad_impl
 
@@ -450,16 +452,21 @@ def _plain_conv(x, w, strides, pads, precision):
 #   VJP of DX at (dy, w), cotangent g :  (C(g, w),   DW(g, dy))
 #   VJP of DW at (x, dy), cotangent gw:  (DX(dy, gw), C(x, gw))
 # so gradients of any order (WGAN-GP's second order included) are built from these three
-# operations, each computed in its fastest form: C is XLA's own conv, DX of a strided conv is
-# computed by phases, DW of a thin layer by `_dw_gemm`.
+# operations, each computed in its fastest form. 'fast' (CPU): C is XLA's own conv, DX of a
+# strided conv is computed by phases, DW of a thin layer by `_dw_gemm`. 'table' (GPU): all
+# three in XLA's own first-order forms, which cuDNN runs as forward, backward-input and
+# backward-filter kernels. Without the table JAX derives the second-order d/dw of DX as a conv
+# over the stride-dilated dy with a reversed window, which XLA:GPU does not recognise as a
+# kernel gradient: cuDNN ran it as a forward conv of batch C_in over a 32x32 window, 1.9 ms per
+# critic update for the HW6 critic's first layer at batch 512 (H200, session 23).
 
 
-def _dx_value(dy, w, x_shape, strides, pads, precision):
-    """Input gradient. Strided: a transposed conv computed by phases (`_phase_forward`); XLA's
-    own form convolves the stride-dilated dy, 3/4 of whose entries are zeros for stride 2, and
-    XLA:CPU runs that conv outside its fast library (HW6 critic: ~245 ms of a 1.43 s gan step).
-    Stride 1: XLA's own."""
-    if strides != (1, 1):
+def _dx_value(dy, w, x_shape, strides, pads, precision, cpu_forms):
+    """Input gradient. Strided, CPU forms: a transposed conv computed by phases
+    (`_phase_forward`); XLA's own form convolves the stride-dilated dy, 3/4 of whose entries
+    are zeros for stride 2, and XLA:CPU runs that conv outside its fast library (HW6 critic:
+    ~245 ms of a 1.43 s gan step). Otherwise XLA's own (cuDNN's backward-input kernel)."""
+    if strides != (1, 1) and cpu_forms:
         tpads = tuple(lo for lo, _ in pads)
         # output_padding that makes the transposed conv's output exactly x_shape
         topads = tuple(x_shape[1 + a] - _torch_out_size(dy.shape[1 + a], w.shape[a], strides[a],
@@ -496,64 +503,91 @@ def _dw_gemm(x, dy, w_shape, strides, pads: Pads, precision):
     return dw.reshape(th * sh, tw * sw, cin, cout)[:kh, :kw].astype(dy.dtype)
 
 
-def _dw_value(x, dy, w_shape, strides, pads, precision):
-    if _dw_by_gemm(w_shape[2]):
+def _dw_value(x, dy, w_shape, strides, pads, precision, cpu_forms):
+    if cpu_forms and _dw_by_gemm(w_shape[2]):
         return _dw_gemm(x, dy, w_shape, strides, pads, precision)
     zeros = jnp.zeros(w_shape, x.dtype)
     return jax.vjp(lambda w_: _plain_conv(x, w_, strides, pads, precision), zeros)[1](dy)[0]
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
-def _conv(x, w, strides, pads, precision):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
+def _conv(x, w, strides, pads, precision, cpu_forms):
     return _plain_conv(x, w, strides, pads, precision)
 
 
-def _conv_fwd(x, w, strides, pads, precision):
-    return _conv(x, w, strides, pads, precision), (x, w)
+def _conv_fwd(x, w, strides, pads, precision, cpu_forms):
+    return _conv(x, w, strides, pads, precision, cpu_forms), (x, w)
 
 
-def _conv_bwd(strides, pads, precision, res, dy):
+def _conv_bwd(strides, pads, precision, cpu_forms, res, dy):
     x, w = res
     dy = dy.astype(x.dtype)
-    return (_conv_dx(dy, w, x.shape, strides, pads, precision),
-            _conv_dw(x, dy, w.shape, strides, pads, precision))
+    return (_conv_dx(dy, w, x.shape, strides, pads, precision, cpu_forms),
+            _conv_dw(x, dy, w.shape, strides, pads, precision, cpu_forms))
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
-def _conv_dx(dy, w, x_shape, strides, pads, precision):
-    return _dx_value(dy, w, x_shape, strides, pads, precision)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5, 6))
+def _conv_dx(dy, w, x_shape, strides, pads, precision, cpu_forms):
+    return _dx_value(dy, w, x_shape, strides, pads, precision, cpu_forms)
 
 
-def _conv_dx_fwd(dy, w, x_shape, strides, pads, precision):
-    return _conv_dx(dy, w, x_shape, strides, pads, precision), (dy, w)
+def _conv_dx_fwd(dy, w, x_shape, strides, pads, precision, cpu_forms):
+    return _conv_dx(dy, w, x_shape, strides, pads, precision, cpu_forms), (dy, w)
 
 
-def _conv_dx_bwd(x_shape, strides, pads, precision, res, g):
+def _conv_dx_bwd(x_shape, strides, pads, precision, cpu_forms, res, g):
     dy, w = res
     g = g.astype(dy.dtype)
-    return (_conv(g, w, strides, pads, precision),
-            _conv_dw(g, dy, w.shape, strides, pads, precision))
+    return (_conv(g, w, strides, pads, precision, cpu_forms),
+            _conv_dw(g, dy, w.shape, strides, pads, precision, cpu_forms))
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
-def _conv_dw(x, dy, w_shape, strides, pads, precision):
-    return _dw_value(x, dy, w_shape, strides, pads, precision)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5, 6))
+def _conv_dw(x, dy, w_shape, strides, pads, precision, cpu_forms):
+    return _dw_value(x, dy, w_shape, strides, pads, precision, cpu_forms)
 
 
-def _conv_dw_fwd(x, dy, w_shape, strides, pads, precision):
-    return _conv_dw(x, dy, w_shape, strides, pads, precision), (x, dy)
+def _conv_dw_fwd(x, dy, w_shape, strides, pads, precision, cpu_forms):
+    return _conv_dw(x, dy, w_shape, strides, pads, precision, cpu_forms), (x, dy)
 
 
-def _conv_dw_bwd(w_shape, strides, pads, precision, res, gw):
+def _conv_dw_bwd(w_shape, strides, pads, precision, cpu_forms, res, gw):
     x, dy = res
     gw = gw.astype(x.dtype)
-    return (_conv_dx(dy, gw, x.shape, strides, pads, precision),
-            _conv(x, gw, strides, pads, precision))
+    return (_conv_dx(dy, gw, x.shape, strides, pads, precision, cpu_forms),
+            _conv(x, gw, strides, pads, precision, cpu_forms))
 
 
 _conv.defvjp(_conv_fwd, _conv_bwd)
 _conv_dx.defvjp(_conv_dx_fwd, _conv_dx_bwd)
 _conv_dw.defvjp(_conv_dw_fwd, _conv_dw_bwd)
+
+
+# Widest input (in channels) of a strided conv that 'table' computes as a stride-1 conv over
+# the space-to-depth input (`_space_to_depth_conv`): the critic's first layer (C_in 3) gives
+# cuDNN's tensor cores 4x the channels and no stride. 0: off (not yet measured faster).
+S2D_MAX_CIN = 0
+
+
+def _space_to_depth_conv(x, w, strides, pads, precision):
+    """A stride-s conv as a stride-1 VALID conv with ceil(k/s) taps over the padded input's
+    space-to-depth form [N, H/s, W/s, s*s*C] (`_dw_gemm`'s layout): the same sums (taps past
+    the kernel are zeros), through the VJP table in XLA's own forms."""
+    kh, kw, cin, cout = w.shape
+    n, h, wd, _ = x.shape
+    sh, sw = strides
+    (pt, pb), (pl, pr) = pads
+    oh, ow = (h + pt + pb - kh) // sh + 1, (wd + pl + pr - kw) // sw + 1
+    th, tw = -(-kh // sh), -(-kw // sw)
+    hn, wn = sh * (oh + th - 1), sw * (ow + tw - 1)  # padded extent the taps read
+    x = lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0), (pt, hn - h - pt, 0),
+                                            (pl, wn - wd - pl, 0), (0, 0, 0)))
+    x = x.reshape(n, hn // sh, sh, wn // sw, sw, cin).transpose(0, 1, 3, 2, 4, 5)
+    x = x.reshape(n, hn // sh, wn // sw, sh * sw * cin)
+    w = jnp.pad(w, ((0, th * sh - kh), (0, tw * sw - kw), (0, 0), (0, 0)))
+    w = w.reshape(th, sh, tw, sw, cin, cout).transpose(0, 2, 1, 3, 4, 5)
+    w = w.reshape(th, tw, sh * sw * cin, cout)
+    return _conv(x, w, (1, 1), ((0, 0), (0, 0)), precision, False)
 
 
 def conv2d(x: Array, kernel: Array, strides: IntOr2 = 1, padding: Any = "VALID",
@@ -563,16 +597,20 @@ def conv2d(x: Array, kernel: Array, strides: IntOr2 = 1, padding: Any = "VALID",
     Args:
       x: [N, H, W, C_in]; kernel: [kh, kw, C_in, C_out] (flax nn.Conv's layout).
       padding: 'VALID' | 'SAME' | ((lo, hi), (lo, hi)).
-      grad_impl: 'fast' (VJP rewritten for XLA:CPU, see above), 'xla' (lax's own VJP) or
-        'auto' (`default_conv_impl` of the default backend). Same values either way.
+      grad_impl: 'fast' (the VJP table in XLA:CPU's fast forms, see above), 'table' (the VJP
+        table in XLA's own forms), 'xla' (lax's own VJP) or 'auto' (`default_conv_impl` of the
+        default backend). Same values either way.
     Returns: [N, H', W', C_out].
     """
     strides = _pair(strides, "strides")
     if isinstance(padding, str):
         padding = lax.padtype_to_pads(x.shape[1:3], kernel.shape[:2], strides, padding)
     pads = tuple((int(lo), int(hi)) for lo, hi in padding)
-    if _resolve_grad_impl(grad_impl) == "fast" and _use_custom_vjp(*kernel.shape[2:], strides):
-        return _conv(x, kernel, strides, pads, precision)
+    impl = _resolve_grad_impl(grad_impl)
+    if impl == "table" and strides != (1, 1) and kernel.shape[2] <= S2D_MAX_CIN:
+        return _space_to_depth_conv(x, kernel, strides, pads, precision)
+    if impl == "table" or (impl == "fast" and _use_custom_vjp(*kernel.shape[2:], strides)):
+        return _conv(x, kernel, strides, pads, precision, impl == "fast")
     return _plain_conv(x, kernel, strides, pads, precision)
 
 

@@ -201,16 +201,19 @@ def _close(got, want, what):
         np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5 * scale, err_msg=what)
 
 
+@pytest.mark.parametrize("impl", ["fast", "table"])
 @pytest.mark.parametrize("case", CONV_CASES, ids=[c[0] for c in CONV_CASES])
-def test_fast_conv_gradients_equal_flax_conv_to_second_order(case, monkeypatch):
+def test_fast_conv_gradients_equal_flax_conv_to_second_order(case, impl, monkeypatch):
     _, hw, cin, cout, k, s, pad = case
-    # The widest GEMM setting any CPU gets (Intel's), so that every row below 72 channels
+    # fast: the widest GEMM setting any CPU gets (Intel's), so that every row below 72 channels
     # exercises `_dw_gemm` whatever CPU runs the test; 72 channels take XLA's kernel gradient.
     monkeypatch.setattr(layers, "DW_GEMM_MAX_CIN", 64)
+    # table: strided rows of <= 4 channels by space to depth, the others in XLA's own forms
+    monkeypatch.setattr(layers, "S2D_MAX_CIN", 4)
     rng = np.random.default_rng(1)
     x = jnp.asarray(rng.standard_normal((2, *hw, cin)), jnp.float32)
     ref = nn.Conv(cout, (k, k), strides=(s, s), padding=pad)
-    fast = ref.clone(conv_general_dilated=partial(layers.conv_general_dilated, grad_impl="fast"))
+    fast = ref.clone(conv_general_dilated=partial(layers.conv_general_dilated, grad_impl=impl))
     shapes = jax.eval_shape(ref.init, jax.random.key(0), x)
     assert jax.tree.map(jnp.shape, jax.eval_shape(fast.init, jax.random.key(0), x)) == \
         jax.tree.map(jnp.shape, shapes)  # the same parameter tree as nn.Conv
@@ -220,6 +223,11 @@ def test_fast_conv_gradients_equal_flax_conv_to_second_order(case, monkeypatch):
     cot = jnp.asarray(rng.standard_normal(y.shape), jnp.float32)
     assert layers._use_custom_vjp(cin, cout, (s, s))  # routed through the custom VJPs
     assert layers._dw_by_gemm(cin) == (cin <= 64)
+    if impl == "table":
+        jaxpr = str(jax.make_jaxpr(fast.apply)(params, x))
+        assert "custom_vjp_call" in jaxpr
+        # space to depth: the strided conv is computed as a stride-1 one
+        assert (f"window_strides=({s}, {s})" in jaxpr) == (s == 1 or cin > 4)
     want = _first_and_second_order(ref.apply, params, x, cot)
     got = _first_and_second_order(fast.apply, params, x, cot)
     _close(got[0], want[0], "output")
@@ -259,7 +267,8 @@ def test_fast_conv_gradients_in_bfloat16():
 
 def test_conv_impl_is_chosen_per_backend_and_validated():
     assert layers.default_conv_impl("cpu") == "fast"
-    assert layers.default_conv_impl("gpu") == layers.default_conv_impl("tpu") == "xla"
+    assert layers.default_conv_impl("gpu") == "table"
+    assert layers.default_conv_impl("tpu") == "xla"
     # a narrow stride-1 conv keeps lax's own VJP
     assert not layers._use_custom_vjp(8, 4, (1, 1))
     with pytest.raises(ValueError, match="grad_impl"):
