@@ -37,15 +37,18 @@ Knobs for profiling jaxgan (monkeypatched here; jaxgan itself is not changed):
   --upsample auto|phase|subpixel|transpose   TorchConvTranspose implementation
   --critic_loop auto|scan|unrolled     n_critic loop form
   --xla_flags "..."                    appended to XLA_FLAGS in the jaxgan workers
-  --conv auto|fast|xla                 conv gradients (layers.default_conv_impl): 'fast' =
+  --conv auto|fast|table|xla           conv gradients (layers.default_conv_impl): 'fast' =
                                        input gradients of strided convs by output phase, GEMM
                                        kernel gradients of thin layers, transposed convs as
-                                       adjoints of strided ones (auto on CPU); 'xla' = JAX's
-                                       own VJPs
+                                       adjoints of strided ones (auto on CPU); 'table' = the
+                                       same VJP table in XLA's own forms (auto on GPU); 'xla' =
+                                       JAX's own VJPs
   --variants jaxgan:upsample=transpose,jaxgan:conv=xla,...  extra jaxgan variants; keys:
                                        upsample, critic_loop, xla_flags, conv, dw_gemm_max_cin
                                        (layers.DW_GEMM_MAX_CIN: widest input whose kernel
-                                       gradient is computed by GEMMs), step_options (auto |
+                                       gradient is computed by GEMMs), s2d_max_cin
+                                       (layers.S2D_MAX_CIN: widest strided conv that 'table'
+                                       computes by space to depth), step_options (auto |
                                        none: without layers.step_compiler_options),
                                        thin_output_channels (layers.THIN_OUTPUT_CHANNELS:
                                        widest transposed-conv output computed in the
@@ -210,8 +213,10 @@ def _jax_worker(spec: dict, send) -> None:
         layers.default_upsample_impl = lambda backend: spec["upsample"]
     if spec.get("conv", "auto") != "auto":
         layers.default_conv_impl = lambda backend: spec["conv"]
-    if spec.get("dw_gemm_max_cin"):
+    if spec.get("dw_gemm_max_cin") is not None:
         layers.DW_GEMM_MAX_CIN = int(spec["dw_gemm_max_cin"])
+    if spec.get("s2d_max_cin") is not None:
+        layers.S2D_MAX_CIN = int(spec["s2d_max_cin"])
     if spec.get("thin_output_channels") is not None:
         layers.THIN_OUTPUT_CHANNELS = int(spec["thin_output_channels"])
     if spec.get("step_options") == "none":
@@ -229,7 +234,7 @@ def _jax_worker(spec: dict, send) -> None:
             "loop": step_lib.loop_kind(c.train.critic_loop),
             "upsample": layers.default_upsample_impl(jax.default_backend()),
             "conv": layers.default_conv_impl(jax.default_backend()),
-            "dw_gemm_max_cin": layers.DW_GEMM_MAX_CIN,
+            "dw_gemm_max_cin": layers.DW_GEMM_MAX_CIN, "s2d_max_cin": layers.S2D_MAX_CIN,
             "thin_output_channels": layers.THIN_OUTPUT_CHANNELS,
             "step_options": layers.step_compiler_options(jax.default_backend()),
             "kept_memory": kept}
@@ -477,7 +482,8 @@ SPEED_GOAL = {"cpu": 1.2, "gpu": 2.0}  # issue 5: jaxgan's speed over torch eage
 # same choices as the command-line options of those names
 VARIANT_KEYS = {"upsample": ("auto", "phase", "subpixel", "transpose"),
                 "critic_loop": ("auto", "scan", "unrolled"), "xla_flags": None,
-                "conv": ("auto", "fast", "xla"), "dw_gemm_max_cin": int,
+                "conv": ("auto", "fast", "table", "xla"), "dw_gemm_max_cin": int,
+                "s2d_max_cin": int,
                 "step_options": ("auto", "none"), "thin_output_channels": int, "preload": None,
                 "keep_memory": ("0", "1")}
 # how a worker process starts or allocates, so valid for any implementation
@@ -558,7 +564,8 @@ def main(argv=None) -> int:
     ap.add_argument("--critic_loop", default="auto", choices=VARIANT_KEYS["critic_loop"])
     ap.add_argument("--xla_flags", default="")
     ap.add_argument("--conv", default="auto", choices=VARIANT_KEYS["conv"],
-                    help="jaxgan conv gradients (layers.default_conv_impl); auto: fast on CPU")
+                    help="jaxgan conv gradients (layers.default_conv_impl); auto: fast on CPU, "
+                         "table on GPU")
     ap.add_argument("--repeats", type=int, default=5, help="timed repeats per variant (median)")
     ap.add_argument("--steps", type=int, default=1, help="training steps per timed repeat")
     ap.add_argument("--warmup", type=int, default=1, help="untimed steps after compilation")
@@ -621,6 +628,7 @@ def main(argv=None) -> int:
                     "xla_flags": kv.get("xla_flags", args.xla_flags),
                     "conv": kv.get("conv", args.conv),
                     "dw_gemm_max_cin": kv.get("dw_gemm_max_cin"),
+                    "s2d_max_cin": kv.get("s2d_max_cin"),
                     "thin_output_channels": kv.get("thin_output_channels"),
                     "step_options": kv.get("step_options"), "gemm_peak": args.gemm_peak,
                     "keep_memory": kv.get("keep_memory"),
@@ -698,6 +706,7 @@ def _report(loss: str, workers, args) -> list[dict]:
             i = w.info
             extra.append(f"{w.name}: {i['backend']} x{i['devices']} loop={i['loop']} "
                          f"upsample={i['upsample']} conv={i['conv']} dw_gemm<={i['dw_gemm_max_cin']} "
+                         f"s2d<={i['s2d_max_cin']} "
                          f"thin<={i['thin_output_channels']} kept_memory={i['kept_memory']} "
                          f"options={i['step_options']} trace+lower {i['trace_lower_s']:.1f}s "
                          f"+ XLA {w.info['xla_compile_s']:.1f}s")

@@ -6,9 +6,9 @@ On a machine with a GPU and a CUDA build of jaxlib:
     JAX_PLATFORMS=cuda python -m pytest -p no:xdist tests/test_gpu.py
 
 (`scripts/device_check.sh` runs this and the GPU benchmarks in one go.) What they check:
-the backend picks the plain XLA convolutions and the sub-pixel upsampling; the HW6 step computed
-that way equals the step computed with the CPU formulations on the same GPU; the bf16 HW6
-WGAN-GP step stays close to f32; and the CLIs train, checkpoint and sample there.
+the backend picks the VJP table in XLA's own forms ('table') and the sub-pixel upsampling; the
+HW6 step computed that way equals the step computed with JAX's own VJPs on the same GPU; the bf16 HW6 WGAN-GP step stays close to f32; and the CLIs train, checkpoint and
+sample there.
 """
 import os
 import sys
@@ -57,14 +57,14 @@ def one_step(c, state, data):
     return jax.jit(step_lib.make_train_step(g, d, g_tx, d_tx, c))(state, data)
 
 
-def test_the_gpu_runs_plain_xla_convolutions_and_subpixel_upsampling(monkeypatch):
-    """On the device the HW6 models trace to lax's own convolutions: no custom VJPs (those
-    are the CPU's fast gradients and phase upsampling)."""
+def test_the_gpu_runs_the_vjp_table_and_subpixel_upsampling(monkeypatch):
+    """On the device the HW6 models trace to lax's own convolutions inside the conv VJP table
+    ('table': XLA's own forms, no phases or GEMMs, which are the CPU's)."""
     if ON_CPU:  # answer as on the GPU backend
         for name in ("default_conv_impl", "default_upsample_impl"):
             monkeypatch.setattr(layers, name, lambda backend, f=getattr(layers, name): f("gpu"))
     backend = jax.default_backend()
-    assert layers.default_conv_impl(backend) == "xla"
+    assert layers.default_conv_impl(backend) == "table"
     assert layers.default_upsample_impl(backend) == "subpixel"
     c = hw6_config("gan", 2)
     g, d = models.build(c)
@@ -74,13 +74,14 @@ def test_the_gpu_runs_plain_xla_convolutions_and_subpixel_upsampling(monkeypatch
     jaxpr = str(jax.make_jaxpr(lambda gv, dv: (g.apply(gv, z, train=False),
                                                d.apply(dv, x, train=False)))(gv, dv))
     assert "conv_general_dilated" in jaxpr
-    assert "custom_vjp_call" not in jaxpr
+    assert "custom_vjp_call" in jaxpr
 
 
 @pytest.mark.parametrize("loss", ["gan", "wgan-gp"])
-def test_hw6_step_equals_the_cpu_formulation_on_the_same_device(loss, monkeypatch):
-    """The GPU's convolutions (lax's own VJPs, sub-pixel upsampling) and the CPU's (custom
-    VJPs, phase upsampling) are the same functions. At the 'highest' matmul precision (no TF32),
+def test_hw6_step_equals_lax_own_gradients_on_the_same_device(loss, monkeypatch):
+    """The GPU's convolution gradients (the VJP table in XLA's forms, which computes WGAN-GP's
+    second order differently) and JAX's own are the same functions. At the 'highest' matmul
+    precision (no TF32),
     so the difference is float32 summation order: both models' outputs and VJPs (train mode,
     fixed inputs and cotangents) to 1e-5, and one step's losses to 1e-4.
 
@@ -94,7 +95,7 @@ def test_hw6_step_equals_the_cpu_formulation_on_the_same_device(loss, monkeypatc
     runs = []
     with jax.default_matmul_precision("highest"):
         state, data = init(c, 16)
-        for conv, upsample in (("xla", "subpixel"), ("fast", "phase")):
+        for conv, upsample in (("table", "subpixel"), ("xla", "subpixel")):
             monkeypatch.setattr(layers, "default_conv_impl", lambda backend, v=conv: v)
             monkeypatch.setattr(layers, "default_upsample_impl", lambda backend, v=upsample: v)
             runs.append((model_vjps(c, state, data), one_step(c, state, data)[1]))

@@ -111,7 +111,8 @@ def test_image_sizes_the_dcgan_cannot_build_are_rejected():
 def test_dcgan_convs_take_the_backends_gradient_formulation(monkeypatch):
     """On CPU the critic's strided convs and the generator's upsampling go through layers'
     custom VJPs (tests/test_layers.py proves them equal to lax's / flax's, to second order);
-    elsewhere they are plain lax convs. Same parameter trees either way."""
+    on GPU every conv goes through the VJP table; elsewhere they are plain lax convs. Same
+    parameter trees either way."""
     from jaxgan import layers
 
     c = config_lib.base_config()
@@ -131,7 +132,9 @@ def test_dcgan_convs_take_the_backends_gradient_formulation(monkeypatch):
     monkeypatch.setattr(layers, "default_conv_impl", lambda backend: "xla")
     assert custom_vjps() == (0, 0)  # 'phase' differentiated by JAX itself
     monkeypatch.setattr(layers, "default_upsample_impl", lambda backend: "subpixel")
-    assert custom_vjps() == (0, 0)  # what GPU/TPU run: plain lax convs
+    assert custom_vjps() == (0, 0)  # what TPUs run: plain lax convs
+    monkeypatch.setattr(layers, "default_conv_impl", lambda backend: "table")
+    assert custom_vjps() == (3, 2)  # what GPUs run: every conv through the table (D: 4x4 out)
 
 
 def _conditional(arch, g_cond, d_cond):
