@@ -149,6 +149,22 @@ def device_kernels(planes) -> list[dict]:
     return out
 
 
+def per_operation(kernels: list[dict], steps: int) -> list[dict]:
+    """Kernel time per HLO operation, slowest first: {op, ms (per step), runs (per step, as
+    often as its slowest kernel was launched: an operation inside the n_critic loop runs
+    n_critic times), kernels ({name: ms per step}, slowest first)}."""
+    ns, count = collections.defaultdict(collections.Counter), collections.defaultdict(
+        collections.Counter)
+    for k in kernels:
+        ns[k["op"]][k["kernel"]] += k["ns"]
+        count[k["op"]][k["kernel"]] += 1
+    rows = [{"op": op, "ms": sum(per.values()) / 1e6 / steps,
+             "runs": count[op][per.most_common(1)[0][0]] / steps,
+             "kernels": {name: t / 1e6 / steps for name, t in per.most_common()}}
+            for op, per in ns.items()]
+    return sorted(rows, key=lambda r: -r["ms"])
+
+
 def busy_ns(kernels: list[dict]) -> float:
     """Time at least one kernel ran: the union of their intervals (streams may overlap)."""
     total, end = 0.0, float("-inf")
@@ -314,39 +330,35 @@ def profile_gpu(args) -> int:
         print("error: no kernel events on a GPU stream; the trace's planes and lines: " + "; ".join(
             f"{p.name}: {[line.name for line in p.lines][:8]}" for p in planes), file=sys.stderr)
         return 1
-    per_op, names, count = collections.Counter(), {}, collections.Counter()
-    for k in kernels:
-        per_op[k["op"]] += k["ns"] / 1e6 / args.steps
-        count[k["op"]] += 1
-        names.setdefault(k["op"], set()).add(k["kernel"])
+    rows = per_operation(kernels, args.steps)
     busy = busy_ns(kernels) / 1e6 / args.steps
-    summed = sum(per_op.values())
-    conv_ms = sum(ms for op, ms in per_op.items() if op in ops)
-    flops = sum(ops[op][0] for op in per_op if op in ops)
+    summed = sum(r["ms"] for r in rows)
+    counted = [r for r in rows if r["op"] in ops]
+    conv_ms = sum(r["ms"] for r in counted)
+    flops = sum(ops[r["op"]][0] * r["runs"] for r in counted)
     by_kind = collections.Counter()
-    for op, ms in per_op.items():
-        by_kind["convolutions and dots (counted)" if op in ops else re.sub(r"\.\d+$", "", op)] += ms
+    for r in rows:
+        r["gflops"], r["desc"] = (ops[r["op"]][0] / 1e9, ops[r["op"]][1]) if r["op"] in ops else (0, "")
+        # XLA's own kernels are named after their fusion (input_reduce_fusion_12); an operation
+        # may be a command buffer (a CUDA graph of several fusions), so group by kernel name
+        by_kind["convolutions and dots (counted)" if r["gflops"] else
+                re.sub(r"_\d+$", "", next(iter(r["kernels"])))] += r["ms"]
     print(f"# HW6 {args.loss}, batch {args.batch}, {args.dtype}, {jax.devices()[0].device_kind}; "
           f"{args.steps} profiled step(s)")
     print(f"wall {untraced * 1e3:.2f} ms/step untraced, {wall * 1e3:.2f} traced; kernels "
           f"{summed:.2f} ms/step summed, GPU busy {busy:.2f} ({100 * busy / (wall * 1e3):.0f}% of "
           f"the traced wall), {len(kernels) / args.steps:.0f} kernels/step")
     print(f"convolutions and dots: {conv_ms:.2f} ms/step ({100 * conv_ms / max(summed, 1e-9):.0f}% "
-          f"of kernel time), {flops / 1e9:.1f} GFLOP (all taps), "
+          f"of kernel time), {flops / 1e9:.1f} GFLOP/step (all taps), "
           f"{flops / max(conv_ms, 1e-9) / 1e9:.0f} TFLOP/s while they run")
     print("\n## by kind (ms/step, share of kernel time)")
     for kind, ms in by_kind.most_common(15):
         print(f"{ms:8.2f}  {100 * ms / summed:5.1f}%  {kind}")
-    print(f"\n## slowest {args.top} operations (ms/step, launches/step, TFLOP/s, kernel)")
-    rows = []
-    for op, ms in per_op.most_common():
-        f, desc = ops.get(op, (0.0, ""))
-        rows.append({"op": op, "ms": ms, "launches": count[op] / args.steps, "gflops": f / 1e9,
-                     "desc": desc, "kernels": sorted(names[op])})
+    print(f"\n## slowest {args.top} operations (ms/step, runs/step, TFLOP/s, slowest kernel)")
     for r in rows[:args.top]:
-        rate = f"{r['gflops'] / r['ms']:6.0f}" if r["gflops"] else "     -"
-        print(f"{r['ms']:7.3f} {r['launches']:4.0f} {rate}  {r['op'][:36]:<36} "
-              f"{r['kernels'][0][:60]}  {r['desc'][:90]}")
+        rate = f"{r['gflops'] * r['runs'] / r['ms']:6.0f}" if r["gflops"] else "     -"
+        print(f"{r['ms']:7.3f} {r['runs']:4.0f} {rate}  {r['op'][:36]:<36} "
+              f"{next(iter(r['kernels']))[:60]}  {r['desc'][:90]}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"wall_ms": wall * 1e3, "untraced_ms": untraced * 1e3, "busy_ms": busy,

@@ -98,3 +98,19 @@ def test_gpu_kernel_events_are_summed_by_operation_and_their_busy_time_is_a_unio
     assert [(k["op"], k["kernel"]) for k in kernels] == [
         ("cudnn-conv.1", "sm90_xmma"), ("loop_fusion", "loop_fusion"), ("copy.2", "MemcpyD2D")]
     assert busy_ns(kernels) == 10 + 2 + 5  # [0, 12) and [20, 25)
+
+
+def test_kernel_time_per_operation_counts_runs_by_its_slowest_kernel():
+    """A cuDNN conv inside the critic loop launches a memset and its conv kernel on each of
+    its n_critic runs: 2 runs per step, not 4 launches."""
+    from profile_step import per_operation
+
+    kernels = [{"op": "cudnn-conv.1", "kernel": name, "start_ns": 0, "ns": ns}
+               for _ in range(2) for _ in range(2) for name, ns in (("Memset", 1), ("xmma", 30))]
+    kernels += [{"op": "fusion.2", "kernel": "loop_add_fusion_3", "start_ns": 0, "ns": 8}]
+    rows = per_operation(kernels, steps=2)
+    assert [r["op"] for r in rows] == ["cudnn-conv.1", "fusion.2"]
+    conv = rows[0]
+    assert conv["runs"] == 2 and conv["ms"] == 4 * 31 / 1e6 / 2
+    assert list(conv["kernels"]) == ["xmma", "Memset"]  # slowest first
+    assert rows[1]["runs"] == 0.5
