@@ -476,6 +476,20 @@ def _dx_value(dy, w, x_shape, strides, pads, precision, cpu_forms):
     return jax.vjp(lambda x_: _plain_conv(x_, w, strides, pads, precision), zeros)[1](dy)[0]
 
 
+def _space_to_depth(x, taps, strides, pads: Pads, out_hw):
+    """The padded input that a stride-s conv with `taps` space-to-depth taps (ceil(k/s) per
+    axis) reads for out_hw outputs, as [N, H/s, W/s, s*s*C], channels ordered (row phase,
+    column phase, C): the stride-s conv is a stride-1 conv with those taps over it."""
+    n, h, w, cin = x.shape
+    (sh, sw), (th, tw), (oh, ow) = strides, taps, out_hw
+    hn, wn = sh * (oh + th - 1), sw * (ow + tw - 1)  # padded extent the taps read
+    (pt, _), (pl, _) = pads
+    x = lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0), (pt, hn - h - pt, 0),
+                                            (pl, wn - w - pl, 0), (0, 0, 0)))
+    x = x.reshape(n, hn // sh, sh, wn // sw, sw, cin).transpose(0, 1, 3, 2, 4, 5)
+    return x.reshape(n, hn // sh, wn // sw, sh * sw * cin)
+
+
 def _dw_gemm(x, dy, w_shape, strides, pads: Pads, precision):
     """Kernel gradient as a sum of GEMMs over shifted windows (im2col without the big concat).
 
@@ -488,12 +502,7 @@ def _dw_gemm(x, dy, w_shape, strides, pads: Pads, precision):
     n, oh, ow, _ = dy.shape
     sh, sw = strides
     th, tw = -(-kh // sh), -(-kw // sw)  # taps of the space-to-depth conv
-    hn, wn = sh * (oh + th - 1), sw * (ow + tw - 1)  # padded extent the taps read
-    (pt, _), (pl, _) = pads
-    x = lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0), (pt, hn - x.shape[1] - pt, 0),
-                                            (pl, wn - x.shape[2] - pl, 0), (0, 0, 0)))
-    x = x.reshape(n, hn // sh, sh, wn // sw, sw, cin).transpose(0, 1, 3, 2, 4, 5)
-    x = x.reshape(n, hn // sh, wn // sw, sh * sw * cin)
+    x = _space_to_depth(x, (th, tw), strides, pads, (oh, ow))
     dy2 = dy.reshape(n * oh * ow, cout).astype(x.dtype)
     taps = [lax.dot_general(x[:, a:a + oh, b:b + ow, :].reshape(n * oh * ow, -1), dy2,
                             (((0,), (0,)), ((), ())), precision=precision,
@@ -572,19 +581,15 @@ S2D_MAX_CIN = 4
 
 def _space_to_depth_conv(x, w, strides, pads, precision):
     """A stride-s conv as a stride-1 VALID conv with ceil(k/s) taps over the padded input's
-    space-to-depth form [N, H/s, W/s, s*s*C] (`_dw_gemm`'s layout): the same sums (taps past
+    space-to-depth form (`_space_to_depth`, as `_dw_gemm` reads it): the same sums (taps past
     the kernel are zeros), through the VJP table in XLA's own forms."""
     kh, kw, cin, cout = w.shape
-    n, h, wd, _ = x.shape
     sh, sw = strides
     (pt, pb), (pl, pr) = pads
-    oh, ow = (h + pt + pb - kh) // sh + 1, (wd + pl + pr - kw) // sw + 1
+    oh = (x.shape[1] + pt + pb - kh) // sh + 1
+    ow = (x.shape[2] + pl + pr - kw) // sw + 1
     th, tw = -(-kh // sh), -(-kw // sw)
-    hn, wn = sh * (oh + th - 1), sw * (ow + tw - 1)  # padded extent the taps read
-    x = lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0), (pt, hn - h - pt, 0),
-                                            (pl, wn - wd - pl, 0), (0, 0, 0)))
-    x = x.reshape(n, hn // sh, sh, wn // sw, sw, cin).transpose(0, 1, 3, 2, 4, 5)
-    x = x.reshape(n, hn // sh, wn // sw, sh * sw * cin)
+    x = _space_to_depth(x, (th, tw), strides, pads, (oh, ow))
     w = jnp.pad(w, ((0, th * sh - kh), (0, tw * sw - kw), (0, 0), (0, 0)))
     w = w.reshape(th, sh, tw, sw, cin, cout).transpose(0, 2, 1, 3, 4, 5)
     w = w.reshape(th, tw, sh * sw * cin, cout)
