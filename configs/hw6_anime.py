@@ -6,8 +6,8 @@ the original GAN loss (BCE on logits), one critic update per generator update, 5
 
     python -m jaxgan.train --config configs/hw6_anime.py --config.data.path=DIR --workdir runs/hw6
 
-Unreadable files in DIR are skipped and counted in the log; the decoded faces are cached (see
-jaxgan.data.cache_dir), so the second run starts in seconds.
+Unreadable files in DIR are skipped and counted in the log; the decoded faces are cached (under
+$JAXGAN_CACHE_DIR, default ~/.cache/jaxgan), so the second run starts in seconds.
 """
 from jaxgan.config import adam, base_config
 

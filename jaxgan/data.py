@@ -139,15 +139,10 @@ def fits_device(dataset: Dataset, config) -> bool:
 # ----------------------------------------------------------------------------- cache
 
 
-def cache_dir() -> str:
-    """Where decoded arrays are kept: jaxgan's cache directory (`env.cache_dir`)."""
-    return env.cache_dir()
-
-
 def _cache_path(kind: str, *key) -> str:
     readable = re.sub(r"[^A-Za-z0-9_.-]+", "_", "-".join(str(k) for k in key))[:100]
     digest = hashlib.sha1(repr(key).encode()).hexdigest()[:12]
-    return os.path.join(cache_dir(), kind, f"{readable}-{digest}.npz")
+    return os.path.join(env.cache_dir(), kind, f"{readable}-{digest}.npz")
 
 
 def _cache_read(path: str) -> dict | None:
@@ -422,7 +417,7 @@ def load_tfds(name: str, split: str, data_dir: str, size: int, channels: int,
 
     A dataset that is not on disk fails at once (no network: the data_dir is searched for
     NAME/VERSION/dataset_info.json before TFDS is asked anything), unless `download` is set and
-    TensorFlow and the network are there. Decoded arrays are cached under `cache_dir()`.
+    TensorFlow and the network are there. Decoded arrays are cached under `env.cache_dir()`.
     """
     dirs = tfds_data_dirs(data_dir)
     found = find_prepared(name, dirs)

@@ -42,7 +42,7 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 
 from jaxgan import checkpoint as ckpt_lib
-from jaxgan import compile_cache, host_memory
+from jaxgan import compile_cache, env, host_memory
 from jaxgan import config as config_lib
 from jaxgan import data as data_lib
 from jaxgan import images as images_lib
@@ -126,8 +126,7 @@ def parse_metrics(metrics: str | Sequence[str] | None, config) -> tuple[str, ...
 
 def default_classifier_path(dataset: str) -> Path:
     """<cache>/classifiers/<dataset> ($JAXGAN_CACHE_DIR or ~/.cache/jaxgan); stacked -> mnist."""
-    from jaxgan.metrics.inception import default_cache_dir
-    return default_cache_dir() / "classifiers" / ("mnist" if dataset == STACKED else dataset)
+    return Path(env.cache_dir()) / "classifiers" / ("mnist" if dataset == STACKED else dataset)
 
 
 def _stats_name(prefix: str, config) -> str:
@@ -287,7 +286,7 @@ class Evaluator:
             params = inception
             self.inception = lambda x: inc.extract_features(params, x, batch_size)
             fp = "inception-" + clf_lib.fingerprint(params)  # other weights: other statistics
-        d = Path(stats_dir) if stats_dir else inc.default_cache_dir() / "stats"
+        d = Path(stats_dir) if stats_dir else Path(env.cache_dir()) / "stats"
         self._inc_ref = self._cached_stats(d / _stats_name("inception", self.config), fp,
                                            self._inception_real_stats)
 

@@ -1,6 +1,8 @@
 """The CLIs keep compiled programs on disk, so a second run of a recipe compiles nothing new."""
 import os
 
+import pytest
+
 from conftest import run_module
 
 
@@ -40,10 +42,10 @@ def test_cache_can_be_switched_off(tmp_path):
 
 
 def test_every_cache_user_resolves_the_same_directory(tmp_path, monkeypatch):
-    """Datasets, XLA programs and Inception weights share one root; an empty
+    """Datasets, XLA programs, classifiers and Inception weights share one root; an empty
     $JAXGAN_CACHE_DIR means unset (the Inception loader once read it as the working directory)
     and '~' expands."""
-    from jaxgan import compile_cache, data
+    from jaxgan import compile_cache, data, evaluate
     from jaxgan.metrics import inception
 
     monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR", raising=False)
@@ -51,6 +53,8 @@ def test_every_cache_user_resolves_the_same_directory(tmp_path, monkeypatch):
     for value, root in (("", tmp_path / ".cache" / "jaxgan"), ("~/c", tmp_path / "c"),
                         (str(tmp_path / "d"), tmp_path / "d")):
         monkeypatch.setenv("JAXGAN_CACHE_DIR", value)
-        assert data.cache_dir() == str(root)
-        assert inception.default_cache_dir() == root
+        assert data._cache_path("tfds", "mnist").startswith(str(root / "tfds") + os.sep)
+        assert evaluate.default_classifier_path("mnist") == root / "classifiers" / "mnist"
+        with pytest.raises(inception.WeightsNotFoundError, match=str(root / "pt_inception")):
+            inception.load_inception_params(download=False)
         assert compile_cache.cache_path() == str(root / "xla")

@@ -664,11 +664,6 @@ def _load_npz(path: Path) -> Variables:
     return traverse_util.unflatten_dict(flat)
 
 
-def default_cache_dir() -> Path:
-    """jaxgan's cache directory (`env.cache_dir`: $JAXGAN_CACHE_DIR, else ~/.cache/jaxgan)."""
-    return Path(env.cache_dir())
-
-
 def _download(url: str, dest: Path) -> None:
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(suffix=".part", dir=dest.parent)
@@ -691,11 +686,12 @@ def load_inception_params(
     """Loads the FID Inception weights as device-resident Flax variables.
 
     path_or_cache_dir: a `.pth` or `.npz` file, or a directory holding (or to hold)
-    `pt_inception-2015-12-05-6726825d.pth`; default `default_cache_dir()`. The `.pth` is converted
+    `pt_inception-2015-12-05-6726825d.pth`; default jaxgan's cache directory (`env.cache_dir()`:
+    $JAXGAN_CACHE_DIR, else ~/.cache/jaxgan). The `.pth` is converted
     once to a `.npz` beside it. Without the file, downloads it if `download`, else (or offline)
     raises WeightsNotFoundError naming where to put it.
     """
-    p = Path(path_or_cache_dir if path_or_cache_dir is not None else default_cache_dir())
+    p = Path(path_or_cache_dir if path_or_cache_dir is not None else env.cache_dir())
     p = p.expanduser()
     if p.suffix == ".npz":
         if not p.exists():
