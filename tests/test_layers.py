@@ -245,9 +245,11 @@ def test_fast_transposed_conv_gradients_equal_xla_to_second_order():
         _close(g, w, what)
 
 
-def test_fast_conv_gradients_in_bfloat16():
-    """Mixed precision: bf16 activations and kernels through the custom VJPs, second order
-    included; same dtypes as lax's VJP and values within bf16 rounding of it."""
+@pytest.mark.parametrize("impl", ["fast", "table"])
+def test_fast_conv_gradients_in_bfloat16(impl):
+    """Mixed precision: bf16 activations and kernels through the custom VJPs (table: by space
+    to depth), second order included; same dtypes as lax's VJP and values within bf16 rounding
+    of it."""
     rng = np.random.default_rng(3)
     x = jnp.asarray(rng.standard_normal((2, 8, 8, 3)), jnp.bfloat16)
     w = jnp.asarray(0.3 * rng.standard_normal((4, 4, 3, 8)), jnp.bfloat16)
@@ -258,7 +260,7 @@ def test_fast_conv_gradients_in_bfloat16():
         return jax.jit(jax.grad(lambda w: jnp.sum(
             jnp.square(jax.grad(f, argnums=1)(w, x).astype(jnp.float32)))))(w)
 
-    got, want = penalty("fast"), penalty("xla")
+    got, want = penalty(impl), penalty("xla")
     assert got.dtype == want.dtype == jnp.bfloat16
     scale = float(jnp.max(jnp.abs(want.astype(jnp.float32))))
     np.testing.assert_allclose(np.asarray(got, np.float32), np.asarray(want, np.float32),
