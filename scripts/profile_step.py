@@ -28,7 +28,10 @@ On a GPU (`--device gpu`) the trace's kernels on the device's streams are summed
 operation that launched them (the kernel name where none is recorded), so the table says how much
 of the step is cuDNN's convolutions (custom calls `cudnn-conv*`, FLOPs counted as above from
 their forward shapes) and how much XLA's own fusions (normalisation, activations, optimizer),
-and how much of the wall time the GPU sat idle. `--save_hlo F` writes the compiled HLO (gzip),
+how much of the wall time the GPU sat idle, and which model layer and pass (forward, backward,
+the gradient penalty's second order) each operation belongs to, from the JAX names in the HLO's
+metadata. XLA's command buffers (CUDA graphs) are off while profiling, since a buffer's kernels
+name only the buffer (`--command_buffers` keeps them). `--save_hlo F` writes the compiled HLO (gzip),
 `--json F` the per-operation table with each kernel name, to read the run again offline.
 
     python scripts/profile_step.py --device gpu --dtype bfloat16 --batch 512 --json F
@@ -149,6 +152,31 @@ def device_kernels(planes) -> list[dict]:
     return out
 
 
+_PASSES = ("forward", "backward", "second order")
+
+
+def layer_of(op_name: str) -> tuple[str, str]:
+    """(model layer, pass) of an HLO operation from the JAX name in its metadata:
+    'jit(train_step)/while/body/eval_jaxpr/transpose(jvp(DCGANDiscriminator))/Conv_0/conv'
+    -> ('DCGANDiscriminator/Conv_0', 'backward'). The pass counts the transposes (reverse-mode
+    differentiations) around the model: 2 is the gradient penalty's second order. Operations
+    outside any Flax module (optimizer, losses, sampling) are ('outside the models', '')."""
+    passes = op_name.count("transpose(")
+    path = re.sub(r"[\w.<>]+\(|\)", "", op_name).split("/")
+    modules = [i for i, seg in enumerate(path) if seg[:1].isupper()]
+    if not modules:
+        return "outside the models", ""
+    layer = "/".join(path[modules[0]:modules[0] + 2][:len(path) - modules[0] - 1] or
+                     path[modules[0]:modules[0] + 1])
+    return layer, _PASSES[min(passes, 2)]
+
+
+def op_layers(hlo: str) -> dict[str, tuple[str, str]]:
+    """{instruction name: (layer, pass)} for every HLO instruction that carries a JAX name."""
+    return {m.group(1): layer_of(m.group(2)) for m in re.finditer(
+        r"\n\s*(?:ROOT )?%?([\w.\-]+) = [^\n]*?metadata=\{op_name=\"([^\"]*)\"", hlo)}
+
+
 def per_operation(kernels: list[dict], steps: int) -> list[dict]:
     """Kernel time per HLO operation, slowest first: {op, ms (per step), runs (per step, as
     often as its slowest kernel was launched: an operation inside the n_critic loop runs
@@ -189,6 +217,9 @@ def main(argv=None) -> int:
     p.add_argument("--json", help="also write the per-operation table here")
     p.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
     p.add_argument("--save_hlo", help="write the compiled step's HLO text here (gzip)")
+    p.add_argument("--command_buffers", action="store_true",
+                   help="GPU: keep XLA's command buffers (CUDA graphs) while profiling; by "
+                        "default they are off, so that every kernel names its HLO operation")
     p.add_argument("--step_options", choices=("auto", "none"), default="auto",
                    help="auto: compile the step as jaxgan.train does "
                         "(layers.step_compiler_options); none: XLA's default options")
@@ -212,7 +243,8 @@ def main(argv=None) -> int:
         return 2
     if args.step_options == "none":
         layers.step_compiler_options = lambda backend: {}
-    state, step, data, ops = _compiled(args)
+    state, step, data, hlo = _compiled(args)
+    ops = op_flops(hlo)
     untimed = launch_timed(ops)
     for _ in range(args.warmup):
         state, _ = step(state, data)
@@ -279,8 +311,8 @@ def main(argv=None) -> int:
 
 
 def _compiled(args):
-    """(state, compiled step, data, its convolutions' and dots' FLOPs) of the benchmark's HW6
-    step, as its jaxgan worker builds it; the HLO is saved if --save_hlo asks."""
+    """(state, compiled step, data, its HLO text) of the benchmark's HW6 step, as its jaxgan
+    worker builds it; the HLO is saved if --save_hlo asks."""
     import jax.numpy as jnp
 
     sys.path[:0] = [HERE, os.path.dirname(HERE)]
@@ -294,12 +326,15 @@ def _compiled(args):
     if args.save_hlo:
         with gzip.open(args.save_hlo, "wt") as f:
             f.write(hlo)
-    return state, step, data, op_flops(hlo)
+    return state, step, data, hlo
 
 
 def profile_gpu(args) -> int:
     """The GPU table: kernel time per HLO operation, by kind, against the wall time."""
     os.environ.setdefault("JAX_PLATFORMS", "cuda")
+    if not args.command_buffers:  # a command buffer's kernels name only the buffer
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                                   + " --xla_gpu_enable_command_buffer=").strip()
     import jax
     from jax.profiler import ProfileData
 
@@ -307,7 +342,8 @@ def profile_gpu(args) -> int:
         print(f"error: --device gpu, but JAX's backend is {jax.default_backend()}",
               file=sys.stderr)
         return 2
-    state, step, data, ops = _compiled(args)
+    state, step, data, hlo = _compiled(args)
+    ops, layers_of = op_flops(hlo), op_layers(hlo)
     for _ in range(args.warmup):
         state, _ = step(state, data)
     jax.block_until_ready(state)
@@ -344,7 +380,8 @@ def profile_gpu(args) -> int:
         by_kind["convolutions and dots (counted)" if r["gflops"] else
                 re.sub(r"_\d+$", "", next(iter(r["kernels"])))] += r["ms"]
     print(f"# HW6 {args.loss}, batch {args.batch}, {args.dtype}, {jax.devices()[0].device_kind}; "
-          f"{args.steps} profiled step(s)")
+          f"{args.steps} profiled step(s); XLA's command buffers "
+          f"{'on' if args.command_buffers else 'off (the times below are without them)'}")
     print(f"wall {untraced * 1e3:.2f} ms/step untraced, {wall * 1e3:.2f} traced; kernels "
           f"{summed:.2f} ms/step summed, GPU busy {busy:.2f} ({100 * busy / (wall * 1e3):.0f}% of "
           f"the traced wall), {len(kernels) / args.steps:.0f} kernels/step")
@@ -354,6 +391,14 @@ def profile_gpu(args) -> int:
     print("\n## by kind (ms/step, share of kernel time)")
     for kind, ms in by_kind.most_common(15):
         print(f"{ms:8.2f}  {100 * ms / summed:5.1f}%  {kind}")
+    by_layer = collections.Counter()
+    for r in rows:
+        r["layer"], r["pass"] = layers_of.get(r["op"], ("(not one HLO operation)", ""))
+        by_layer[f"{r['layer']} {r['pass']}".strip()] += r["ms"]
+    print("\n## by model layer and pass (ms/step, share of kernel time; pass: how many times "
+          "the layer was differentiated)")
+    for layer, ms in by_layer.most_common(args.top):
+        print(f"{ms:8.2f}  {100 * ms / summed:5.1f}%  {layer}")
     print(f"\n## slowest {args.top} operations (ms/step, runs/step, TFLOP/s, slowest kernel)")
     for r in rows[:args.top]:
         rate = f"{r['gflops'] * r['runs'] / r['ms']:6.0f}" if r["gflops"] else "     -"

@@ -114,3 +114,27 @@ def test_kernel_time_per_operation_counts_runs_by_its_slowest_kernel():
     assert conv["runs"] == 2 and conv["ms"] == 4 * 31 / 1e6 / 2
     assert list(conv["kernels"]) == ["xmma", "Memset"]  # slowest first
     assert rows[1]["runs"] == 0.5
+
+
+def test_operations_are_attributed_to_model_layers_and_passes():
+    """From the JAX names XLA keeps in each instruction's metadata; the pass counts reverse-mode
+    transposes (2: the gradient penalty's second order)."""
+    from profile_step import layer_of, op_layers
+
+    body = "jit(train_step)/while/body/eval_jaxpr"
+    hlo = f"""HloModule m
+
+ENTRY %main {{
+  %cudnn-conv.63 = (bf16[3,4,4,64]{{3,2,1,0}}, u8[0]{{0}}) custom-call(%a, %b), window={{size=32x32}}, dim_labels=b01f_o01i->b01f, custom_call_target="__cudnn$convForward", metadata={{op_name="{body}/transpose(jvp(transpose(jvp(DCGANDiscriminator))))/Conv_0/conv_general_dilated" scheduling_name="cudnn-conv.63"}}
+  %input_reduce_fusion.4 = f32[512]{{0}} fusion(%c), kind=kInput, calls=%fused_reduce, metadata={{op_name="{body}/DCGANGenerator/Norm_0/BatchNorm_0/reduce_sum"}}
+  ROOT %loop_add_fusion = f32[8]{{0}} fusion(%d), kind=kLoop, calls=%fused_add, metadata={{op_name="jit(train_step)/jit(tree_bias_correction)/add"}}
+}}
+"""
+    assert op_layers(hlo) == {
+        "cudnn-conv.63": ("DCGANDiscriminator/Conv_0", "second order"),
+        "input_reduce_fusion.4": ("DCGANGenerator/Norm_0", "forward"),
+        "loop_add_fusion": ("outside the models", "")}
+    assert layer_of("jit(train_step)/transpose(jvp(DCGANGenerator))/TorchConvTranspose_1/pad") \
+        == ("DCGANGenerator/TorchConvTranspose_1", "backward")
+    assert layer_of("jit(train_step)/jvp(DCGANDiscriminator)/add") == ("DCGANDiscriminator",
+                                                                        "forward")
