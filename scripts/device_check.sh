@@ -3,8 +3,7 @@
 # GPU time goes (scripts/profile_step.py, both losses; PROFILE=0 skips it), the batch-512
 # benchmark the MFU goal is measured by with the variants that may raise it, the GPU tests
 # (TESTS=0 skips them), bf16 and f32 at batch 64 against PyTorch eager, each under the time
-# still left. Sessions
-# 22 and 23's runs on an H200 are in BUILD_NOTES ("Speed and scale").
+# still left. Sessions 22 and 23's runs on an H200 are in BUILD_NOTES ("Speed and scale").
 #
 #   bash scripts/device_check.sh                # on the GPU machine, from the repo root
 #
@@ -17,12 +16,12 @@
 #
 # Output under $OUT (the device tool's folder, which takes back 8 files; default
 # /tmp/jaxgan-device): check.log (everything, in order, with the benchmark workers' errors),
-# profile_<loss>.json (kernel time per HLO operation) and hlo_<loss>.txt.gz (the compiled step),
-# bench_<dtype>_b<batch>.json. Knobs (environment): BUDGET_S (540: seconds for the whole script),
-# DEVICE (gpu; `cpu` dry-runs the script's plumbing here), BIG (512: the MFU batch; a small one
-# for a dry run), BENCH_ARGS (extra benchmark.py arguments), VARIANTS (the batch-512 jaxgan
-# variants), TESTS (1), PEAK_BF16_TFLOPS / PEAK_F32_TFLOPS (dense peaks for MFU; default:
-# H100/H200 SXM, 989 and 495 with TF32).
+# profile_<loss>.json (kernel time per HLO operation and model layer), hlo_<loss>.txt.gz (the
+# compiled step) and bench_<dtype>_b<batch>.json. Knobs (environment): BUDGET_S (540: seconds
+# for the whole script), DEVICE (gpu; `cpu` dry-runs the script's plumbing here), BIG (512: the
+# MFU batch; a small one for a dry run), BENCH_ARGS (extra benchmark.py arguments), VARIANTS
+# (the batch-512 jaxgan variants), PROFILE (1), TESTS (1), PEAK_BF16_TFLOPS / PEAK_F32_TFLOPS
+# (dense peaks for MFU; default: H100/H200 SXM, 989 and 495 with TF32).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/jaxgan-device}

@@ -31,8 +31,8 @@ their forward shapes) and how much XLA's own fusions (normalisation, activations
 how much of the wall time the GPU sat idle, and which model layer and pass (forward, backward,
 the gradient penalty's second order) each operation belongs to, from the JAX names in the HLO's
 metadata. XLA's command buffers (CUDA graphs) are off while profiling, since a buffer's kernels
-name only the buffer (`--command_buffers` keeps them). `--save_hlo F` writes the compiled HLO (gzip),
-`--json F` the per-operation table with each kernel name, to read the run again offline.
+name only the buffer (`--command_buffers` keeps them). `--save_hlo F` writes the compiled HLO
+(gzip), `--json F` the per-operation table with each kernel name, to read the run again offline.
 
     python scripts/profile_step.py --device gpu --dtype bfloat16 --batch 512 --json F
 """
@@ -371,10 +371,11 @@ def profile_gpu(args) -> int:
     summed = sum(r["ms"] for r in rows)
     counted = [r for r in rows if r["op"] in ops]
     conv_ms = sum(r["ms"] for r in counted)
-    flops = sum(ops[r["op"]][0] * r["runs"] for r in counted)
+    total_flops = sum(ops[r["op"]][0] * r["runs"] for r in counted)
     by_kind = collections.Counter()
     for r in rows:
-        r["gflops"], r["desc"] = (ops[r["op"]][0] / 1e9, ops[r["op"]][1]) if r["op"] in ops else (0, "")
+        row_flops, r["desc"] = ops.get(r["op"], (0.0, ""))
+        r["gflops"] = row_flops / 1e9
         # XLA's own kernels are named after their fusion (input_reduce_fusion_12); an operation
         # may be a command buffer (a CUDA graph of several fusions), so group by kernel name
         by_kind["convolutions and dots (counted)" if r["gflops"] else
@@ -386,8 +387,8 @@ def profile_gpu(args) -> int:
           f"{summed:.2f} ms/step summed, GPU busy {busy:.2f} ({100 * busy / (wall * 1e3):.0f}% of "
           f"the traced wall), {len(kernels) / args.steps:.0f} kernels/step")
     print(f"convolutions and dots: {conv_ms:.2f} ms/step ({100 * conv_ms / max(summed, 1e-9):.0f}% "
-          f"of kernel time), {flops / 1e9:.1f} GFLOP/step (all taps), "
-          f"{flops / max(conv_ms, 1e-9) / 1e9:.0f} TFLOP/s while they run")
+          f"of kernel time), {total_flops / 1e9:.1f} GFLOP/step (all taps), "
+          f"{total_flops / max(conv_ms, 1e-9) / 1e9:.0f} TFLOP/s while they run")
     print("\n## by kind (ms/step, share of kernel time)")
     for kind, ms in by_kind.most_common(15):
         print(f"{ms:8.2f}  {100 * ms / summed:5.1f}%  {kind}")
