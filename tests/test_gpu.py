@@ -7,8 +7,9 @@ On a machine with a GPU and a CUDA build of jaxlib:
 
 (`scripts/device_check.sh` runs this and the GPU benchmarks in one go.) What they check:
 the backend picks the VJP table in XLA's own forms ('table') and the sub-pixel upsampling; the
-HW6 step computed that way equals the step computed with JAX's own VJPs on the same GPU; the bf16 HW6 WGAN-GP step stays close to f32; and the CLIs train, checkpoint and
-sample there.
+HW6 step computed that way (the critic's first layer by space to depth) equals the step computed
+with JAX's own VJPs on the same GPU; the bf16 HW6 WGAN-GP step stays close to f32; and the CLIs
+train, checkpoint and sample there.
 """
 import os
 import sys
@@ -80,10 +81,10 @@ def test_the_gpu_runs_the_vjp_table_and_subpixel_upsampling(monkeypatch):
 @pytest.mark.parametrize("loss", ["gan", "wgan-gp"])
 def test_hw6_step_equals_lax_own_gradients_on_the_same_device(loss, monkeypatch):
     """The GPU's convolution gradients (the VJP table in XLA's forms, which computes WGAN-GP's
-    second order differently) and JAX's own are the same functions. At the 'highest' matmul
-    precision (no TF32),
-    so the difference is float32 summation order: both models' outputs and VJPs (train mode,
-    fixed inputs and cotangents) to 1e-5, and one step's losses to 1e-4.
+    second order differently, and the critic's first layer by space to depth) and JAX's own
+    are the same functions. At the 'highest' matmul precision (no TF32), so the difference is
+    float32 summation order: both models' outputs and VJPs (train mode, fixed inputs and
+    cotangents) to 1e-5, and one step's losses to 1e-4.
 
     One step's gradient norms only to 1e-3, and its parameters not at all: the HW6 critic's
     gradient at init is ill-conditioned in its input. The two formulations' fakes differ by
