@@ -128,6 +128,15 @@ def _custom_call_flops(line: str, shapes: dict) -> tuple[float, str] | None:
     return 2.0 * math.prod(w) * math.prod(y) / cout, desc
 
 
+def is_xla_operation(event_name: str) -> bool:
+    """Whether a CPU trace event is one XLA operation (thunk), not Python frames ('$...'), jit
+    dispatch ('...(...)') or the runtime's bookkeeping, e.g. ThunkExecutor or
+    'CommonPjRtLoadedExecutable::ExecuteHelperOnSingleDevice', which spans the whole program
+    when it runs on the calling thread (as jaxgan.host_memory has it)."""
+    return not (event_name.startswith("$") or "ThunkExecutor" in event_name
+                or "Await" in event_name or "(" in event_name or "::" in event_name)
+
+
 def launch_timed(ops: dict) -> set[str]:
     """The convolutions and dots of `op_flops` whose trace events need not time their work: all
     but YNNPACK's calls (Eigen's kernels finish on its thread pool after the event ends)."""
@@ -263,10 +272,8 @@ def main(argv=None) -> int:
 
     per_op = collections.Counter()
     for e in events:
-        name = e["name"]
-        if name.startswith("$") or "ThunkExecutor" in name or "Await" in name or "(" in name:
-            continue  # python frames, executor bookkeeping, jit dispatch
-        per_op[name] += e["dur"] / 1e3 / args.steps  # ms per step
+        if is_xla_operation(e["name"]):
+            per_op[e["name"]] += e["dur"] / 1e3 / args.steps  # ms per step
     by_kind = collections.Counter()
     for name, ms in per_op.items():
         by_kind[re.sub(r"\.\d+$", "", name)] += ms

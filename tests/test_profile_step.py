@@ -138,3 +138,12 @@ ENTRY %main {{
         == ("DCGANGenerator/TorchConvTranspose_1", "backward")
     assert layer_of("jit(train_step)/jvp(DCGANDiscriminator)/add") == ("DCGANDiscriminator",
                                                                         "forward")
+
+
+def test_cpu_trace_events_count_only_xla_operations():
+    from profile_step import is_xla_operation
+
+    assert is_xla_operation("multiply_add_fusion.21") and is_xla_operation("ynn_fusion")
+    for bookkeeping in ("CommonPjRtLoadedExecutable::ExecuteHelperOnSingleDevice",
+                        "ThunkExecutor::Execute", "$profiler.py:307 trace", "jit_step(...)"):
+        assert not is_xla_operation(bookkeeping), bookkeeping
