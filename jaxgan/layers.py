@@ -394,7 +394,7 @@ def sampler_compiler_options(backend: str) -> dict[str, str]:
 def _resolve_grad_impl(grad_impl: str) -> str:
     if grad_impl == "auto":
         grad_impl = default_conv_impl(jax.default_backend())
-    if grad_impl not in ("fast", "table", "xla"):
+    if grad_impl == "auto" or grad_impl not in GRAD_IMPLEMENTATIONS:
         raise ValueError(f"grad_impl must be one of {GRAD_IMPLEMENTATIONS}, got {grad_impl!r}")
     return grad_impl
 

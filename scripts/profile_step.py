@@ -255,17 +255,10 @@ def main(argv=None) -> int:
     state, step, data, hlo = _compiled(args)
     ops = op_flops(hlo)
     untimed = launch_timed(ops)
-    for _ in range(args.warmup):
-        state, _ = step(state, data)
-    jax.block_until_ready(state)
-
+    state, _ = _run_steps(step, state, data, args.warmup)
     trace_dir = tempfile.mkdtemp(prefix="jaxgan-profile-")
     with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
-        t0 = time.perf_counter()
-        for _ in range(args.steps):
-            state, _ = step(state, data)
-            jax.block_until_ready(state)
-        wall = (time.perf_counter() - t0) / args.steps
+        state, wall = _run_steps(step, state, data, args.steps, block_each=True)
     [path] = glob.glob(os.path.join(trace_dir, "**", "*.trace.json.gz"), recursive=True)
     with gzip.open(path) as f:
         events = [e for e in json.load(f)["traceEvents"] if e.get("ph") == "X"]
@@ -317,6 +310,20 @@ def main(argv=None) -> int:
     return 0
 
 
+def _run_steps(step, state, data, n: int, block_each: bool = False):
+    """(state after n steps, seconds per step). block_each waits for every step (the CPU trace:
+    each step's operations end before the next is dispatched); else only for the last."""
+    import jax
+
+    t0 = time.perf_counter()
+    for _ in range(n):
+        state, _ = step(state, data)
+        if block_each:
+            jax.block_until_ready(state)
+    jax.block_until_ready(state)
+    return state, (time.perf_counter() - t0) / max(n, 1)
+
+
 def _compiled(args):
     """(state, compiled step, data, its HLO text) of the benchmark's HW6 step, as its jaxgan
     worker builds it; the HLO is saved if --save_hlo asks."""
@@ -351,21 +358,11 @@ def profile_gpu(args) -> int:
         return 2
     state, step, data, hlo = _compiled(args)
     ops, layers_of = op_flops(hlo), op_layers(hlo)
-    for _ in range(args.warmup):
-        state, _ = step(state, data)
-    jax.block_until_ready(state)
-    t0 = time.perf_counter()
-    for _ in range(args.steps):
-        state, _ = step(state, data)
-    jax.block_until_ready(state)
-    untraced = (time.perf_counter() - t0) / args.steps
+    state, _ = _run_steps(step, state, data, args.warmup)
+    state, untraced = _run_steps(step, state, data, args.steps)
     trace_dir = tempfile.mkdtemp(prefix="jaxgan-profile-")
     with jax.profiler.trace(trace_dir):
-        t0 = time.perf_counter()
-        for _ in range(args.steps):
-            state, _ = step(state, data)
-        jax.block_until_ready(state)
-        wall = (time.perf_counter() - t0) / args.steps
+        state, wall = _run_steps(step, state, data, args.steps)
     [path] = glob.glob(os.path.join(trace_dir, "**", "*.xplane.pb"), recursive=True)
     planes = ProfileData.from_file(path).planes
     kernels = device_kernels(planes)
