@@ -23,9 +23,10 @@ Conventions (everything NHWC):
     while torch scatters each input pixel through the unflipped kernel.
 
 Second part: `conv2d` / `conv_general_dilated`, ordinary convolutions (what `flax.linen.Conv`
-computes, same parameters) whose *gradients* are written in the form XLA:CPU runs fast; the
-DCGAN critic passes `conv_general_dilated` to `nn.Conv`. Chosen per backend by
-`default_conv_impl`: 'fast' on CPU, plain lax convolutions ('xla') on GPU/TPU.
+computes, same parameters) whose *gradients* are written in the form each backend runs fast;
+the DCGAN critic passes `conv_general_dilated` to `nn.Conv`. Chosen per backend by
+`default_conv_impl`: 'fast' on CPU, 'table' (XLA's own forms, one VJP table) on GPU, lax's own
+VJPs ('xla') on TPU.
 """
 
 from __future__ import annotations
@@ -53,8 +54,13 @@ def default_upsample_impl(backend: str) -> str:
     """Implementation that 'auto' picks for a JAX backend name ('cpu', 'gpu', 'tpu').
 
     CPU: 'phase' (forward 1.4-1.9x faster than 'subpixel' on the HW6 generator's layers, which
-    are 10-20x faster than 'transpose'; BUILD_NOTES.md). GPU/TPU: 'subpixel', one plain conv,
-    not yet measured there; change this one function after a GPU measurement.
+    are 10-20x faster than 'transpose'; BUILD_NOTES.md). GPU: 'subpixel'; the HW6 bf16 steps at
+    batch 512 on an H200 with JAX's own VJPs (session 23), gan / WGAN-GP: 'subpixel' 6.37 /
+    43.7 ms, 'phase' (then four convs by phase) 7.31 / 46.2 ms, 'transpose' 136 / 184 ms
+    (XLA:GPU's conv rewriter gives a conv over a dilated input to cuDNN's backward-input
+    kernel only when its kernel operand is a reverse, which flax's layout is not). 'phase' in
+    the 'table' form, cuDNN's backward-input kernel, is not yet timed there. TPU: 'subpixel',
+    not measured.
     """
     return "phase" if backend == "cpu" else "subpixel"
 
@@ -181,9 +187,10 @@ def conv_transpose_torch(
       x: [N, H, W, C_in].
       kernel: [kh, kw, C_in, C_out] (see `kernel_from_torch`); same dtype as x.
       implementation: 'phase', 'subpixel', 'transpose' or 'auto' (`default_upsample_impl`).
-      grad_impl: 'fast' | 'xla' | 'auto' (`conv2d`); same values. 'fast': 'phase' is
-        differentiated as the adjoint of a strided conv, 'subpixel''s conv through `conv2d`'s
-        custom VJPs; 'xla': JAX differentiates the forward ops itself.
+      grad_impl: 'fast' | 'table' | 'xla' | 'auto' (`conv2d`); same values. 'fast' and 'table':
+        'phase' is the input gradient of a strided conv (`_phase_conv_transpose`),
+        'subpixel''s conv goes through `conv2d`'s custom VJPs; 'xla': JAX differentiates the
+        forward ops itself.
     Returns:
       [N, (H-1)*sh - 2*ph + kh + oph, (W-1)*sw - 2*pw + kw + opw, C_out].
     """
@@ -300,17 +307,32 @@ def _flip_io(kernel: Array) -> Array:
 
 
 def _phase_conv_transpose(x, kernel, strides, pads, opads, precision, grad_impl):
-    """Forward by phases (fewest FLOPs). With fast gradients the layer is `_conv_dx`, the input
-    gradient of the strided conv it is the adjoint of, so its own gradients are that conv's
-    forward (input gradient) and kernel gradient: no multiplies by zero taps anywhere."""
-    if _resolve_grad_impl(grad_impl) != "fast":  # 'table': the generator has no second order
+    """The transposed conv as `_conv_dx`, the input gradient of the strided conv it is the
+    adjoint of, so its own gradients are that conv's forward (input gradient) and kernel
+    gradient: no multiplies by zero taps anywhere. 'fast' (CPU): computed by phases. 'table'
+    (GPU): in XLA's own form, which cuDNN runs as its strided backward-input kernel; thin
+    outputs (`THIN_OUTPUT_CHANNELS`) as the sub-pixel conv, because cuDNN's backward-input
+    kernel ran the HW6 critic's 64 -> 3 channel input gradient at 14 TFLOP/s (H200, session
+    23). 'xla': the forward by phases, differentiated by JAX."""
+    impl = _resolve_grad_impl(grad_impl)
+    if impl == "xla":
         return _phase_forward(x, kernel, strides, pads, opads, precision)
+    if impl == "table" and kernel.shape[3] <= THIN_OUTPUT_CHANNELS:
+        return _subpixel_conv_transpose(
+            x, kernel, strides, pads, opads,
+            lambda xs, k, conv_pads: conv2d(xs, k, (1, 1), conv_pads, precision, "table"))
     out_shape = (x.shape[0],
                  *(_torch_out_size(x.shape[1 + a], kernel.shape[a], strides[a], pads[a], opads[a])
                    for a in (0, 1)),
                  kernel.shape[3])
     conv_pads = tuple((p, p - op) for p, op in zip(pads, opads))
-    return _conv_dx(x, _flip_io(kernel), out_shape, strides, conv_pads, precision, True)
+    w = _flip_io(kernel)
+    if impl == "table":
+        # XLA:GPU maps a conv to cuDNN's backward-input kernel only when its kernel operand is
+        # a `reverse` (GpuConvRewriter), and `_dx_value`'s reverse of this flip could be folded
+        # away before that pass; the barrier keeps it (XLA removes barriers after it).
+        w = lax.optimization_barrier(w)
+    return _conv_dx(x, w, out_shape, strides, conv_pads, precision, impl == "fast")
 
 
 # ----------------------------------------------------------------------------- convolutions
@@ -660,7 +682,8 @@ class TorchConvTranspose(nn.Module):
         HW6 generator: (5, 2, 2, 1); classic DCGAN: (4, 2, 1, 0); both double H and W.
       use_bias: torch's `bias=`; DCGAN layers before batch norm use False.
       implementation: 'auto' | 'phase' | 'subpixel' | 'transpose'; same math, different speed.
-      grad_impl: 'auto' | 'fast' | 'xla': how gradients are computed (`conv_transpose_torch`).
+      grad_impl: 'auto' | 'fast' | 'table' | 'xla': how gradients are computed
+        (`conv_transpose_torch`).
       dtype: compute dtype (e.g. jnp.bfloat16); None promotes from inputs and params.
       param_dtype: storage dtype of kernel and bias.
       kernel_init: DCGAN's N(0, 0.02) by default (Radford et al. 2015).

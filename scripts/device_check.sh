@@ -92,8 +92,9 @@ bench() {
 
 BIG=${BIG:-512}
 # goal: >= 35% MFU in bf16 at batch 512 (session 23: 22.2% gan, 23.6% WGAN-GP). Where the time
-# goes first (PROFILE=0 skips it), then the defaults against JAX's own VJPs and without space
-# to depth (session 23, WGAN-GP: 15.7% with JAX's VJPs, 21.5% without space to depth).
+# goes first (PROFILE=0 skips it), then the defaults against the generator's upsampling as
+# cuDNN's strided backward-input kernel ('phase' under 'table', session 24; not yet timed).
+# Session 23 already timed JAX's own VJPs (conv=xla) and no space to depth (s2d_max_cin=0).
 if [[ ${PROFILE:-1} == 1 ]]; then
   for loss in gan wgan-gp; do
     step "profile $loss bf16 batch $BIG" 120 "$PY" scripts/profile_step.py --device "$DEVICE" \
@@ -102,7 +103,7 @@ if [[ ${PROFILE:-1} == 1 ]]; then
   done
 fi
 bench bfloat16 "$BIG" "$bf16_peak" 240 jaxgan \
-    --variants "${VARIANTS-jaxgan:conv=xla,jaxgan:s2d_max_cin=0}"
+    --variants "${VARIANTS-jaxgan:upsample=phase}"
 if [[ ${TESTS:-1} == 1 ]]; then
   step "GPU tests" 180 env JAXGAN_GPU_TESTS_ON_CPU="$([[ $DEVICE == cpu ]] && echo 1)" \
       "$PY" -m pytest -p no:xdist -p no:cacheprovider -q -o addopts="" tests/test_gpu.py

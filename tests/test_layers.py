@@ -83,6 +83,26 @@ def test_kernel_gradients_match_flax(k, s, p, op):
             np.testing.assert_allclose(g, w, atol=1e-5, rtol=1e-5, err_msg=impl)
 
 
+@pytest.mark.parametrize("k,s,p,op", CONFIGS + [(2, 3, 0, 1)])
+def test_phase_under_table_equals_flax_to_second_order(k, s, p, op):
+    """'phase' in the GPU's 'table' form: the input gradient of a strided conv in XLA's own form
+    (behind an optimization barrier, which XLA:GPU needs to see cuDNN's backward-input kernel),
+    thin outputs as the sub-pixel conv; values and gradients of every order as flax's."""
+    for cout, wide in ((4, False), (8, True)):  # layers.THIN_OUTPUT_CHANNELS = 4
+        x, mod, params = _init(k, s, p, op, (5, 4), 3, cout, use_bias=True)
+        table = mod.clone(implementation="phase", grad_impl="table")
+        ref = _ref_flax(k, s, p, op, cout)
+        jaxpr = str(jax.make_jaxpr(table.apply)(params, x))
+        assert ("optimization_barrier" in jaxpr) == wide, cout
+        assert "custom_vjp_call" in jaxpr
+        cot = jnp.asarray(np.random.default_rng(8).standard_normal(
+            jax.eval_shape(ref.apply, params, x).shape), jnp.float32)
+        got = _first_and_second_order(table.apply, params, x, cot)
+        want = _first_and_second_order(ref.apply, params, x, cot)
+        for g, w, what in zip(got, want, ("output", "first order", "second order")):
+            _close(g, w, f"{what}, C_out {cout}")
+
+
 def _numpy_torch_conv_transpose(x, w, s, p, op):
     """torch ConvTranspose2d by its definition: scatter x[i] * w[:, :, a] to output i*s - p + a.
 
