@@ -30,7 +30,8 @@ of the step is cuDNN's convolutions (custom calls `cudnn-conv*`, FLOPs counted a
 their forward shapes) and how much XLA's own fusions (normalisation, activations, optimizer),
 how much of the wall time the GPU sat idle, and which model layer and pass (forward, backward,
 the gradient penalty's second order) each operation belongs to, from the JAX names in the HLO's
-metadata. XLA's command buffers (CUDA graphs) are off while profiling, since a buffer's kernels
+metadata. XLA's own kernels are memory-bound, so for them it prints the bandwidth they ran at
+(their operands' and results' bytes over their time) instead of a FLOP rate. XLA's command buffers (CUDA graphs) are off while profiling, since a buffer's kernels
 name only the buffer (`--command_buffers` keeps them). `--save_hlo F` writes the compiled HLO
 (gzip), `--json F` the per-operation table with each kernel name, to read the run again offline.
 
@@ -98,6 +99,43 @@ def op_flops(hlo: str) -> dict[str, tuple[float, str]]:
             owner = callers.get(computation, name)
             f0, d0 = out.get(owner, (0.0, ""))
             out[owner] = (f0 + flops, f"{d0}; {desc}" if d0 else desc)
+    return out
+
+
+_ELEMENT_BYTES = {"pred": 1, "s8": 1, "u8": 1, "bf16": 2, "f16": 2, "s16": 2, "u16": 2,
+                  "f32": 4, "s32": 4, "u32": 4, "f64": 8, "s64": 8, "u64": 8}
+_ARRAY_TYPE = re.compile(r"\b(pred|bf16|[fsu](?:8|16|32|64))\[([\d,]*)\]")
+
+
+def _type_bytes(hlo_type: str) -> int:
+    """Bytes of an HLO type: 'bf16[512,64]{1,0}', or a tuple of them (summed)."""
+    return sum(_ELEMENT_BYTES[t] * math.prod(int(d) for d in dims.split(",") if d)
+               for t, dims in _ARRAY_TYPE.findall(hlo_type))
+
+
+def op_bytes(hlo: str) -> dict[str, int]:
+    """{fusion name: bytes of its operands and its result} for every kernel XLA writes itself
+    (a fusion that is not inside another one): what an elementwise or reduction kernel reads
+    and writes if it touches each operand once, so ms and bytes give the memory bandwidth it
+    ran at. An operand read only in part (a slice) or twice counts once, in full."""
+    computations = {m.group(1): m.group(2) for m in re.finditer(
+        r"\n(?:ENTRY )?%?([\w.\-]+) [^\n{]*\{\n(.*?)\n\}", hlo, re.S)}
+    fused = set(re.findall(r" fusion\([^\n]*calls=%?([\w.\-]+)", hlo))
+    out = {}
+    for computation, body in computations.items():
+        if computation in fused:
+            continue
+        types = {}
+        for line in body.split("\n"):
+            m = re.match(r"\s*(?:ROOT )?%?([\w.\-]+) = (.*?) ([\w\-]+)\((.*)", line)
+            if not m:
+                continue
+            name, hlo_type, opcode, rest = m.groups()
+            types[name] = hlo_type
+            if opcode == "fusion":
+                operands = re.findall(r"%([\w.\-]+)", rest.split(")", 1)[0])
+                out[name] = _type_bytes(hlo_type) + sum(_type_bytes(types.get(o, ""))
+                                                        for o in operands)
     return out
 
 
@@ -343,6 +381,53 @@ def _compiled(args):
     return state, step, data, hlo
 
 
+def gpu_tables(rows: list[dict], hlo: str, top: int) -> list[str]:
+    """The GPU report's tables from `per_operation`'s rows and the compiled step's HLO: time in
+    convolutions and dots (their FLOP rate) and in XLA's own fusions (their bandwidth), by kind,
+    by model layer and pass, and the slowest operations. Adds desc, gflops, gbytes, layer and
+    pass to each row (the --json table)."""
+    ops, layers_of, moved = op_flops(hlo), op_layers(hlo), op_bytes(hlo)
+    summed = sum(r["ms"] for r in rows)
+    by_kind, by_layer = collections.Counter(), collections.Counter()
+    for r in rows:
+        row_flops, r["desc"] = ops.get(r["op"], (0.0, ""))
+        r["gflops"] = row_flops / 1e9
+        r["gbytes"] = 0.0 if row_flops else moved.get(r["op"], 0) / 1e9
+        # XLA's own kernels are named after their fusion (input_reduce_fusion_12); an operation
+        # may be a command buffer (a CUDA graph of several fusions), so group by kernel name
+        by_kind["convolutions and dots (counted)" if r["gflops"] else
+                re.sub(r"_\d+$", "", next(iter(r["kernels"])))] += r["ms"]
+        r["layer"], r["pass"] = layers_of.get(r["op"], ("(not one HLO operation)", ""))
+        by_layer[f"{r['layer']} {r['pass']}".strip()] += r["ms"]
+    counted = [r for r in rows if r["gflops"]]
+    conv_ms = sum(r["ms"] for r in counted)
+    total_flops = sum(r["gflops"] * r["runs"] for r in counted)
+    memory = [r for r in rows if r["gbytes"]]
+    memory_ms = sum(r["ms"] for r in memory)
+    memory_gb = sum(r["gbytes"] * r["runs"] for r in memory)
+    lines = [
+        f"convolutions and dots: {conv_ms:.2f} ms/step ({100 * conv_ms / max(summed, 1e-9):.0f}% "
+        f"of kernel time), {total_flops:.1f} GFLOP/step (all taps), "
+        f"{total_flops / max(conv_ms, 1e-9):.0f} TFLOP/s while they run",
+        f"XLA's own kernels (fusions): {memory_ms:.2f} ms/step, {memory_gb:.2f} GB/step of "
+        f"operands and results, {memory_gb / max(memory_ms, 1e-9):.2f} TB/s while they run",
+        "", "## by kind (ms/step, share of kernel time)"]
+    lines += [f"{ms:8.2f}  {100 * ms / summed:5.1f}%  {kind}"
+              for kind, ms in by_kind.most_common(15)]
+    lines += ["", "## by model layer and pass (ms/step, share of kernel time; pass: how many "
+              "times the layer was differentiated)"]
+    lines += [f"{ms:8.2f}  {100 * ms / summed:5.1f}%  {layer}"
+              for layer, ms in by_layer.most_common(top)]
+    lines += ["", f"## slowest {top} operations (ms/step, runs/step, rate: TFLOP/s of a "
+              "convolution or dot, TB/s of a fusion's operands and result; slowest kernel)"]
+    for r in rows[:top]:
+        rate = (f"{r['gflops'] * r['runs'] / r['ms']:4.0f} TF" if r["gflops"] else
+                f"{r['gbytes'] * r['runs'] / r['ms']:4.2f} TB" if r["gbytes"] else "      -")
+        lines.append(f"{r['ms']:7.3f} {r['runs']:4.0f} {rate}  {r['op'][:36]:<36} "
+                     f"{next(iter(r['kernels']))[:60]}  {r['desc'][:90]}")
+    return lines
+
+
 def profile_gpu(args) -> int:
     """The GPU table: kernel time per HLO operation, by kind, against the wall time."""
     os.environ.setdefault("JAX_PLATFORMS", "cuda")
@@ -357,7 +442,6 @@ def profile_gpu(args) -> int:
               file=sys.stderr)
         return 2
     state, step, data, hlo = _compiled(args)
-    ops, layers_of = op_flops(hlo), op_layers(hlo)
     state, _ = _run_steps(step, state, data, args.warmup)
     state, untraced = _run_steps(step, state, data, args.steps)
     trace_dir = tempfile.mkdtemp(prefix="jaxgan-profile-")
@@ -373,42 +457,13 @@ def profile_gpu(args) -> int:
     rows = per_operation(kernels, args.steps)
     busy = busy_ns(kernels) / 1e6 / args.steps
     summed = sum(r["ms"] for r in rows)
-    counted = [r for r in rows if r["op"] in ops]
-    conv_ms = sum(r["ms"] for r in counted)
-    total_flops = sum(ops[r["op"]][0] * r["runs"] for r in counted)
-    by_kind = collections.Counter()
-    for r in rows:
-        row_flops, r["desc"] = ops.get(r["op"], (0.0, ""))
-        r["gflops"] = row_flops / 1e9
-        # XLA's own kernels are named after their fusion (input_reduce_fusion_12); an operation
-        # may be a command buffer (a CUDA graph of several fusions), so group by kernel name
-        by_kind["convolutions and dots (counted)" if r["gflops"] else
-                re.sub(r"_\d+$", "", next(iter(r["kernels"])))] += r["ms"]
     print(f"# HW6 {args.loss}, batch {args.batch}, {args.dtype}, {jax.devices()[0].device_kind}; "
           f"{args.steps} profiled step(s); XLA's command buffers "
           f"{'on' if args.command_buffers else 'off (the times below are without them)'}")
     print(f"wall {untraced * 1e3:.2f} ms/step untraced, {wall * 1e3:.2f} traced; kernels "
           f"{summed:.2f} ms/step summed, GPU busy {busy:.2f} ({100 * busy / (wall * 1e3):.0f}% of "
           f"the traced wall), {len(kernels) / args.steps:.0f} kernels/step")
-    print(f"convolutions and dots: {conv_ms:.2f} ms/step ({100 * conv_ms / max(summed, 1e-9):.0f}% "
-          f"of kernel time), {total_flops / 1e9:.1f} GFLOP/step (all taps), "
-          f"{total_flops / max(conv_ms, 1e-9) / 1e9:.0f} TFLOP/s while they run")
-    print("\n## by kind (ms/step, share of kernel time)")
-    for kind, ms in by_kind.most_common(15):
-        print(f"{ms:8.2f}  {100 * ms / summed:5.1f}%  {kind}")
-    by_layer = collections.Counter()
-    for r in rows:
-        r["layer"], r["pass"] = layers_of.get(r["op"], ("(not one HLO operation)", ""))
-        by_layer[f"{r['layer']} {r['pass']}".strip()] += r["ms"]
-    print("\n## by model layer and pass (ms/step, share of kernel time; pass: how many times "
-          "the layer was differentiated)")
-    for layer, ms in by_layer.most_common(args.top):
-        print(f"{ms:8.2f}  {100 * ms / summed:5.1f}%  {layer}")
-    print(f"\n## slowest {args.top} operations (ms/step, runs/step, TFLOP/s, slowest kernel)")
-    for r in rows[:args.top]:
-        rate = f"{r['gflops'] * r['runs'] / r['ms']:6.0f}" if r["gflops"] else "     -"
-        print(f"{r['ms']:7.3f} {r['runs']:4.0f} {rate}  {r['op'][:36]:<36} "
-              f"{next(iter(r['kernels']))[:60]}  {r['desc'][:90]}")
+    print("\n".join(gpu_tables(rows, hlo, args.top)))
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"wall_ms": wall * 1e3, "untraced_ms": untraced * 1e3, "busy_ms": busy,

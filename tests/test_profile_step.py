@@ -78,6 +78,80 @@ ENTRY %main (x: bf16[4,32,32,64], w: bf16[3,3,64,32], dy: bf16[4,16,16,32]) -> b
     assert "BackwardFilter" in ops["cudnn-conv-bw-filter.3"][1]
 
 
+# XLA:GPU-form HLO: a tuple-result fusion in the entry, one inside a loop body, operands by
+# name (a parameter, a tuple element), a cuDNN call; the fused computations' own instructions
+# are not kernels.
+GPU_FUSIONS_HLO = """HloModule m
+
+%fused_reduce (p0: bf16[8,4,4,16]) -> (f32[8,16], f32[8,16]) {
+  %p0 = bf16[8,4,4,16]{3,2,1,0} parameter(0)
+  %inner = bf16[8,4,4,16]{3,2,1,0} fusion(%p0), kind=kLoop, calls=%fused_select
+  ROOT %t = (f32[8,16]{1,0}, f32[8,16]{1,0}) tuple(%p0, %p0)
+}
+
+%body (s: (s32[], bf16[8,4,4,16])) -> (s32[], bf16[8,4,4,16]) {
+  %s = (s32[], bf16[8,4,4,16]{3,2,1,0}) parameter(0)
+  %x = bf16[8,4,4,16]{3,2,1,0} get-tuple-element(%s), index=1
+  %loop_select_fusion.2 = bf16[8,4,4,16]{3,2,1,0} fusion(%x), kind=kLoop, calls=%fused_select
+  ROOT %r = (s32[], bf16[8,4,4,16]{3,2,1,0}) tuple(%x, %loop_select_fusion.2)
+}
+
+ENTRY %main (x: bf16[8,4,4,16], w: bf16[3,3,16,16]) -> (f32[8,16], f32[8,16]) {
+  %x = bf16[8,4,4,16]{3,2,1,0} parameter(0)
+  %w = bf16[3,3,16,16]{3,2,1,0} parameter(1)
+  %cudnn-conv.1 = (bf16[8,4,4,16]{3,2,1,0}, u8[0]{0}) custom-call(%x, %w), window={size=3x3 pad=1_1x1_1}, dim_labels=b01f_01io->b01f, custom_call_target="__cudnn$convForward"
+  %y = bf16[8,4,4,16]{3,2,1,0} get-tuple-element(%cudnn-conv.1), index=0
+  ROOT %input_reduce_fusion.7 = (f32[8,16]{1,0}, /*index=1*/f32[8,16]{1,0}) fusion(%y), kind=kInput, calls=%fused_reduce
+}
+"""
+ACTIVATION_BYTES = 8 * 4 * 4 * 16 * 2  # bf16[8,4,4,16]
+
+
+def test_op_bytes_sums_a_fusions_operands_and_results():
+    """XLA's own kernels are memory-bound: their bandwidth is their operands' and results'
+    bytes over their time."""
+    from profile_step import op_bytes
+
+    assert op_bytes(GPU_FUSIONS_HLO) == {
+        "input_reduce_fusion.7": ACTIVATION_BYTES + 2 * 8 * 16 * 4,
+        "loop_select_fusion.2": 2 * ACTIVATION_BYTES}
+
+
+def test_gpu_tables_rate_convolutions_by_flops_and_fusions_by_bandwidth():
+    from profile_step import gpu_tables, per_operation
+
+    def kernel(op, ns):
+        return {"op": op, "kernel": op.replace(".", "_"), "start_ns": 0, "ns": ns}
+
+    # one step: the conv once (1 us), the reduction once (10 ns), the select in a loop twice
+    kernels = [kernel("cudnn-conv.1", 1000), kernel("input_reduce_fusion.7", 10),
+               kernel("loop_select_fusion.2", 5), kernel("loop_select_fusion.2", 5)]
+    rows = per_operation(kernels, steps=1)
+    text = "\n".join(gpu_tables(rows, GPU_FUSIONS_HLO, top=5))
+    flops = 2 * (8 * 4 * 4 * 16) * 9 * 16  # 2 x output elements x taps x input channels
+    assert (f"convolutions and dots: 0.00 ms/step (98% of kernel time), {flops / 1e9:.1f} "
+            f"GFLOP/step (all taps), {flops / 1e9 / 1e-3:.0f} TFLOP/s") in text
+    moved = (ACTIVATION_BYTES + 2 * 8 * 16 * 4) + 2 * (2 * ACTIVATION_BYTES)  # in 20 ns
+    assert moved / 1e9 / 2e-5 == pytest.approx(1.0752)
+    assert "XLA's own kernels (fusions): 0.00 ms/step, 0.00 GB/step of operands and results, " \
+        "1.08 TB/s" in text
+    by_op = {r["op"]: r for r in rows}
+    assert by_op["loop_select_fusion.2"]["runs"] == 2
+    assert by_op["cudnn-conv.1"]["gbytes"] == 0.0  # a conv is rated by its FLOPs only
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="reads XLA:CPU's fusions")
+def test_op_bytes_of_a_compiled_elementwise_kernel():
+    from profile_step import op_bytes
+
+    def f(x, y):
+        return jnp.tanh(x) * y + 1.0
+
+    args = (jnp.ones((64, 128)), jnp.ones((64, 128)))
+    moved = op_bytes(jax.jit(f).lower(*args).compile().as_text())
+    assert list(moved.values()) == [3 * 64 * 128 * 4]  # one fusion: two f32 inputs, one output
+
+
 def test_gpu_kernel_events_are_summed_by_operation_and_their_busy_time_is_a_union():
     from types import SimpleNamespace as NS
 
