@@ -133,11 +133,11 @@ def test_matches_direct_numpy_with_torch_weights(k, s, p, op):
         np.testing.assert_allclose(y, want, atol=1e-5, rtol=1e-5, err_msg=impl)
 
 
-@pytest.mark.parametrize("impl", IMPLS)
-def test_bf16_compute_with_f32_params(impl):
+@pytest.mark.parametrize("impl,grad_impl", [(i, "auto") for i in IMPLS] + [("phase", "table")])
+def test_bf16_compute_with_f32_params(impl, grad_impl):
     x, mod, params = _init(5, 2, 2, 1, (8, 8), 16, 8, use_bias=True)
     want = mod.clone(implementation=impl).apply(params, x)
-    bf = mod.clone(implementation=impl, dtype=jnp.bfloat16)
+    bf = mod.clone(implementation=impl, grad_impl=grad_impl, dtype=jnp.bfloat16)
     bf_params = jax.eval_shape(bf.init, jax.random.key(1), x)
     assert all(a.dtype == jnp.float32 for a in jax.tree.leaves(bf_params))
     y = bf.apply(params, x)
