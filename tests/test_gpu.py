@@ -82,9 +82,10 @@ def test_the_gpu_runs_the_vjp_table_and_subpixel_upsampling(monkeypatch):
 def test_hw6_step_equals_lax_own_gradients_on_the_same_device(loss, monkeypatch):
     """The GPU's convolution gradients (the VJP table in XLA's forms, which computes WGAN-GP's
     second order differently, and the critic's first layer by space to depth) and JAX's own
-    are the same functions; so is the 'phase' upsampling in the table's forms. At the 'highest' matmul precision (no TF32), so the difference is
-    float32 summation order: both models' outputs and VJPs (train mode, fixed inputs and
-    cotangents) to 1e-5, and one step's losses to 1e-4.
+    are the same functions; so is the 'phase' upsampling in the table's forms. At the
+    'highest' matmul precision (no TF32), so the difference is float32 summation order: both
+    models' outputs and VJPs (train mode, fixed inputs and cotangents) to 1e-5, and one step's
+    losses to 1e-4.
 
     One step's gradient norms only to 1e-3, and its parameters not at all: the HW6 critic's
     gradient at init is ill-conditioned in its input. The two formulations' fakes differ by
