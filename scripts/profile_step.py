@@ -33,7 +33,8 @@ the gradient penalty's second order) each operation belongs to, from the JAX nam
 metadata. XLA's own kernels are memory-bound, so for them it prints the bandwidth they ran at
 (their operands' and results' bytes over their time) instead of a FLOP rate. XLA's command buffers (CUDA graphs) are off while profiling, since a buffer's kernels
 name only the buffer (`--command_buffers` keeps them). `--save_hlo F` writes the compiled HLO
-(gzip), `--json F` the per-operation table with each kernel name, to read the run again offline.
+(gzip), `--json F` the per-operation table with each kernel name, to read the run again offline
+(`--replay JSON HLO` prints its tables again, here or on any machine).
 
     python scripts/profile_step.py --device gpu --dtype bfloat16 --batch 512 --json F
 """
@@ -270,8 +271,13 @@ def main(argv=None) -> int:
     p.add_argument("--step_options", choices=("auto", "none"), default="auto",
                    help="auto: compile the step as jaxgan.train does "
                         "(layers.step_compiler_options); none: XLA's default options")
+    p.add_argument("--replay", nargs=2, metavar=("JSON", "HLO"),
+                   help="print the GPU tables again from a --json table and a --save_hlo file "
+                        "of an earlier --device gpu run, without running anything")
     args = p.parse_args(argv)
 
+    if args.replay:
+        return replay_gpu(*args.replay, top=args.top)
     if args.device == "gpu":
         return profile_gpu(args)
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
@@ -426,6 +432,29 @@ def gpu_tables(rows: list[dict], hlo: str, top: int) -> list[str]:
         lines.append(f"{r['ms']:7.3f} {r['runs']:4.0f} {rate}  {r['op'][:36]:<36} "
                      f"{next(iter(r['kernels']))[:60]}  {r['desc'][:90]}")
     return lines
+
+
+def replay_gpu(json_path: str, hlo_path: str, top: int) -> int:
+    """`gpu_tables` from a saved run: its per-operation rows and its compiled HLO (gzip or
+    text). Rows written before runs were counted (session 23's first run) count one run each
+    and list their kernels without times."""
+    try:
+        with open(json_path) as f:
+            saved = json.load(f)
+        opener = gzip.open if hlo_path.endswith(".gz") else open
+        with opener(hlo_path, "rt") as f:
+            hlo = f.read()
+    except (OSError, ValueError) as e:
+        print(f"error: --replay: {e}", file=sys.stderr)
+        return 2
+    rows = [{"op": r["op"], "ms": r["ms"], "runs": r.get("runs", 1.0),
+             "kernels": (r["kernels"] if isinstance(r["kernels"], dict)
+                         else dict.fromkeys(r["kernels"], 0.0))}
+            for r in saved["ops"]]
+    rows.sort(key=lambda r: -r["ms"])
+    print(f"# replay of {json_path}: kernels {sum(r['ms'] for r in rows):.2f} ms/step summed")
+    print("\n".join(gpu_tables(rows, hlo, top)))
+    return 0
 
 
 def profile_gpu(args) -> int:

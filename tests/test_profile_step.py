@@ -140,6 +140,29 @@ def test_gpu_tables_rate_convolutions_by_flops_and_fusions_by_bandwidth():
     assert by_op["cudnn-conv.1"]["gbytes"] == 0.0  # a conv is rated by its FLOPs only
 
 
+def test_replay_prints_the_gpu_tables_of_a_saved_run(tmp_path, capsys):
+    """--replay JSON HLO: a GPU run's saved table and HLO read again on any machine; a missing
+    file is a one-line error."""
+    import gzip
+    import json
+
+    from profile_step import main
+
+    table, hlo = tmp_path / "profile.json", tmp_path / "hlo.txt.gz"
+    table.write_text(json.dumps({"ops": [
+        {"op": "loop_select_fusion.2", "ms": 1e-5, "runs": 2.0,
+         "kernels": {"loop_select_fusion_2": 1e-5}},
+        {"op": "cudnn-conv.1", "ms": 1e-3, "runs": 1.0, "kernels": {"sm90_xmma": 1e-3}}]}))
+    with gzip.open(hlo, "wt") as f:
+        f.write(GPU_FUSIONS_HLO)
+    assert main(["--replay", str(table), str(hlo)]) == 0
+    out = capsys.readouterr().out
+    assert f"{4 * ACTIVATION_BYTES / 1e9 / 1e-5:.2f} TB/s while they run" in out
+    assert "cudnn Forward [8, 4, 4, 16]*[3, 3, 16, 16]->[8, 4, 4, 16]" in out
+    assert main(["--replay", str(tmp_path / "missing.json"), str(hlo)]) == 2
+    assert capsys.readouterr().err.startswith("error: --replay:")
+
+
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="reads XLA:CPU's fusions")
 def test_op_bytes_of_a_compiled_elementwise_kernel():
     from profile_step import op_bytes
