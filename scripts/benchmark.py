@@ -164,12 +164,18 @@ def _matmul_gflops(matmul, n: int) -> float:
 
 
 def jax_gemm_gflops(dtype_name: str, n: int = 2048) -> float:
-    """`_matmul_gflops` in this dtype (f32 accumulation) on JAX's default device."""
+    """`_matmul_gflops` in this dtype on JAX's default device. bf16 inputs: the faster of an f32
+    output and a bf16 one (what PyTorch's reference, `a @ a`, returns). XLA:CPU ran the bf16
+    output at half the f32 one's rate (2048^3 on the 2-core EPYC, session 24: 153-158 against
+    329-364 GFLOP/s); on an H200 JAX's f32-output form reached 576-691 TFLOP/s where PyTorch's
+    bf16 one reached 865-875 (session 23), so each backend gets its faster form."""
     import jax
     import jax.numpy as jnp
     a = jnp.ones((n, n), jnp.bfloat16 if dtype_name == "bfloat16" else jnp.float32)
-    f = jax.jit(lambda a, b: jnp.dot(a, b, preferred_element_type=jnp.float32))
-    return _matmul_gflops(lambda: f(a, a).block_until_ready(), n)
+    forms = [jax.jit(lambda a, b: jnp.dot(a, b, preferred_element_type=jnp.float32))]
+    if dtype_name == "bfloat16":
+        forms.append(jax.jit(jnp.dot))  # bf16 output
+    return max(_matmul_gflops(lambda: f(a, a).block_until_ready(), n) for f in forms)
 
 
 def _torch_gemm_gflops(torch, dtype_name: str, dev: str, n: int) -> float:
