@@ -92,9 +92,12 @@ bench() {
 
 BIG=${BIG:-512}
 # goal: >= 35% MFU in bf16 at batch 512 (session 23: 22.2% gan, 23.6% WGAN-GP). Where the time
-# goes first (PROFILE=0 skips it), then the defaults against the generator's upsampling as
-# cuDNN's strided backward-input kernel ('phase' under 'table', session 24; not yet timed).
-# Session 23 already timed JAX's own VJPs (conv=xla) and no space to depth (s2d_max_cin=0).
+# goes first (PROFILE=0 skips it), then the defaults against two candidates (session 24, not
+# yet timed): the generator's upsampling as cuDNN's strided backward-input kernel ('phase'
+# under 'table'), and XLA's rewrite of layer norms into cuDNN's norm kernels (off by default in
+# XLA; the WGAN-GP critic's layer norms move the most bytes of its step; the gan critic has
+# none, so its row is a control). A faster row is a lead, not a result: check its values before
+# adopting it. Session 23 already timed JAX's own VJPs (conv=xla) and no space to depth.
 if [[ ${PROFILE:-1} == 1 ]]; then
   for loss in gan wgan-gp; do
     step "profile $loss bf16 batch $BIG" 120 "$PY" scripts/profile_step.py --device "$DEVICE" \
@@ -103,7 +106,7 @@ if [[ ${PROFILE:-1} == 1 ]]; then
   done
 fi
 bench bfloat16 "$BIG" "$bf16_peak" 240 jaxgan \
-    --variants "${VARIANTS-jaxgan:upsample=phase}"
+    --variants "${VARIANTS-jaxgan:upsample=phase,jaxgan:xla_flags=--xla_gpu_enable_cudnn_layer_norm=true}"
 if [[ ${TESTS:-1} == 1 ]]; then
   step "GPU tests" 180 env JAXGAN_GPU_TESTS_ON_CPU="$([[ $DEVICE == cpu ]] && echo 1)" \
       "$PY" -m pytest -p no:xdist -p no:cacheprovider -q -o addopts="" tests/test_gpu.py
