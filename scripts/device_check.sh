@@ -108,7 +108,7 @@ fi
 bench bfloat16 "$BIG" "$bf16_peak" 240 jaxgan \
     --variants "${VARIANTS-jaxgan:upsample=phase,jaxgan:xla_flags=--xla_gpu_enable_cudnn_layer_norm=true}"
 if [[ ${TESTS:-1} == 1 ]]; then
-  step "GPU tests" 180 env JAXGAN_GPU_TESTS_ON_CPU="$([[ $DEVICE == cpu ]] && echo 1)" \
+  step "GPU tests" 220 env JAXGAN_GPU_TESTS_ON_CPU="$([[ $DEVICE == cpu ]] && echo 1)" \
       "$PY" -m pytest -p no:xdist -p no:cacheprovider -q -o addopts="" tests/test_gpu.py
 fi
 bench bfloat16 64 "$bf16_peak" 150 jaxgan,torch-eager   # goal: >= 2x torch eager + AMP
