@@ -210,6 +210,12 @@ def conv_transpose_torch(
         return _phase_conv_transpose(x, kernel, strides, pads, opads, precision, grad_impl)
     if implementation != "subpixel":
         raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}")
+    return _subpixel_by_conv2d(x, kernel, strides, pads, opads, precision, grad_impl)
+
+
+def _subpixel_by_conv2d(x, kernel, strides, pads, opads, precision, grad_impl):
+    """The 'subpixel' implementation: its stride-1 conv through `conv2d`, whose gradients
+    follow grad_impl."""
     return _subpixel_conv_transpose(
         x, kernel, strides, pads, opads,
         lambda xs, k, conv_pads: conv2d(xs, k, (1, 1), conv_pads, precision, grad_impl))
@@ -318,9 +324,7 @@ def _phase_conv_transpose(x, kernel, strides, pads, opads, precision, grad_impl)
     if impl == "xla":
         return _phase_forward(x, kernel, strides, pads, opads, precision)
     if impl == "table" and kernel.shape[3] <= THIN_OUTPUT_CHANNELS:
-        return _subpixel_conv_transpose(
-            x, kernel, strides, pads, opads,
-            lambda xs, k, conv_pads: conv2d(xs, k, (1, 1), conv_pads, precision, "table"))
+        return _subpixel_by_conv2d(x, kernel, strides, pads, opads, precision, impl)
     out_shape = (x.shape[0],
                  *(_torch_out_size(x.shape[1 + a], kernel.shape[a], strides[a], pads[a], opads[a])
                    for a in (0, 1)),
