@@ -60,16 +60,23 @@ def _shape(text: str) -> list[int]:
     return [int(x) for x in m.group(1).split(",") if x] if m else []
 
 
+def _computations(hlo: str) -> tuple[dict[str, str], dict[str, str]]:
+    """({computation name: its body}, {fused computation: the fusion instruction that calls
+    it}) of HLO text."""
+    computations = {m.group(1): m.group(2) for m in re.finditer(
+        r"\n(?:ENTRY )?%?([\w.\-]+) [^\n{]*\{\n(.*?)\n\}", hlo, re.S)}
+    callers = {m.group(2): m.group(1) for m in re.finditer(
+        r"\n\s*(?:ROOT )?%?([\w.\-]+) = [^\n]* fusion\([^\n]*calls=%?([\w.\-]+)", hlo)}
+    return computations, callers
+
+
 def op_flops(hlo: str) -> dict[str, tuple[float, str]]:
     """{operation name: (FLOPs, description)} for every convolution and dot in compiled HLO,
     named as the profile names them: the fusion that holds it (jax 0.10's XLA:CPU fuses them
     into YNNPACK calls), else the instruction itself (jax 0.8's). Convolution FLOPs: 2 x
     output elements x kernel spatial taps x input channels (HWIO kernels, as every conv here);
     dot: 2 x output elements x contraction length."""
-    computations = {m.group(1): m.group(2) for m in re.finditer(
-        r"\n(?:ENTRY )?%?([\w.\-]+) [^\n{]*\{\n(.*?)\n\}", hlo, re.S)}
-    callers = {m.group(2): m.group(1) for m in re.finditer(
-        r"\n\s*(?:ROOT )?%?([\w.\-]+) = [^\n]* fusion\([^\n]*calls=%?([\w.\-]+)", hlo)}
+    computations, callers = _computations(hlo)
     out = {}
     for computation, body in computations.items():
         shapes = {m.group(1): _shape(m.group(2)) for m in re.finditer(
@@ -119,9 +126,7 @@ def op_bytes(hlo: str) -> dict[str, int]:
     (a fusion that is not inside another one): what an elementwise or reduction kernel reads
     and writes if it touches each operand once, so ms and bytes give the memory bandwidth it
     ran at. An operand read only in part (a slice) or twice counts once, in full."""
-    computations = {m.group(1): m.group(2) for m in re.finditer(
-        r"\n(?:ENTRY )?%?([\w.\-]+) [^\n{]*\{\n(.*?)\n\}", hlo, re.S)}
-    fused = set(re.findall(r" fusion\([^\n]*calls=%?([\w.\-]+)", hlo))
+    computations, fused = _computations(hlo)
     out = {}
     for computation, body in computations.items():
         if computation in fused:
