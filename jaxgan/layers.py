@@ -432,8 +432,10 @@ Pads = tuple[tuple[int, int], tuple[int, int]]
 def _use_custom_vjp(cin: int, cout: int, strides: tuple[int, int]) -> bool:
     """Convs routed through `_conv` (the VJP table below): strided ones (the critic, and the
     generator's transposed convs read backwards), few input channels (critic layer 1) and wide
-    stride-1 outputs (the 'subpixel' upsampling's convs). Others are plain lax convs."""
-    return cin <= 4 or strides != (1, 1) or cout >= 128
+    stride-1 outputs (the 'subpixel' upsampling's convs), and thin stride-1 convs where they
+    are computed as GEMMs (`THIN_GEMM_MAX_CHANNELS`). Others are plain lax convs."""
+    return (cin <= 4 or strides != (1, 1) or cout >= 128
+            or min(cin, cout) <= THIN_GEMM_MAX_CHANNELS)
 
 
 def _cpu_vendor() -> str:
@@ -488,11 +490,88 @@ def _plain_conv(x, w, strides, pads, precision):
 # critic update for the HW6 critic's first layer at batch 512 (H200, session 23).
 
 
+# Thinnest side (in channels) of a stride-1 conv whose C, DX and DW the VJP table computes as
+# one GEMM each (`_thin_gemm_conv`, `_thin_gemm_dw`) instead of a conv kernel: the HW6 step's
+# 12-channel convs (the critic's first layer over its space-to-depth input, the generator's RGB
+# sub-pixel conv) ran on cuDNN at 43-74 TFLOP/s and 0.7 TB/s, 15% of the kernel time of both
+# bf16 steps at batch 512 on an H200 (session 25), against 390-810 TFLOP/s for the wide convs.
+# 0 (off): not yet timed on a GPU; `scripts/device_check.sh` times 16.
+THIN_GEMM_MAX_CHANNELS = 0
+
+
+def _thin_gemm(w_shape, strides) -> bool:
+    return strides == (1, 1) and min(w_shape[2], w_shape[3]) <= THIN_GEMM_MAX_CHANNELS
+
+
+def _windows(x, taps, pads: Pads, out_hw):
+    """im2col: [N, oh, ow, th*tw*C], every window of the padded x that a stride-1 conv with
+    `taps` reads for out_hw outputs, channels ordered (row tap, column tap, C)."""
+    (th, tw), (oh, ow) = taps, out_hw
+    x = lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0), (*pads[0], 0), (*pads[1], 0), (0, 0, 0)))
+    return jnp.concatenate([x[:, a:a + oh, b:b + ow, :] for a in range(th) for b in range(tw)],
+                           axis=-1)
+
+
+def _sum_windows(z, pads: Pads, out_hw):
+    """im2col's adjoint side: z [N, H, W, th, tw, C] holds every input pixel times every tap;
+    output (i, j) of the stride-1 conv sums tap (a, b) of padded input pixel (i + a, j + b)."""
+    (oh, ow), (th, tw) = out_hw, z.shape[3:5]
+    z = lax.pad(z, jnp.zeros((), z.dtype), ((0, 0, 0), (*pads[0], 0), (*pads[1], 0),
+                                            (0, 0, 0), (0, 0, 0), (0, 0, 0)))
+    return sum(z[:, a:a + oh, b:b + ow, a, b, :].astype(jnp.float32)
+               for a in range(th) for b in range(tw))
+
+
+def _transposed_pads(w_shape, pads: Pads) -> Pads:
+    """Pads of the stride-1 conv with `_flip_io(w)` that computes the input gradient."""
+    return tuple((k - 1 - lo, k - 1 - hi) for k, (lo, hi) in zip(w_shape[:2], pads))
+
+
+def _thin_gemm_conv(x, w, pads: Pads, precision):
+    """A stride-1 conv with few input or output channels as one GEMM, whose K or N is then
+    taps x channels (tensor-core sized) rather than the thin channel count. Thin input: the
+    windows (`_windows`) times the kernel as a [taps*C_in, C_out] matrix. Thin output: x times
+    the kernel as [C_in, taps*C_out], then each output sums its taps' shifted slices
+    (`_sum_windows`, in f32). The input gradient is the same with `_flip_io(w)`."""
+    kh, kw, cin, cout = w.shape
+    out_hw = tuple(x.shape[1 + a] + sum(pads[a]) - w.shape[a] + 1 for a in (0, 1))
+    contract_c = (((3,), (0,)), ((), ()))
+    if cin <= cout:
+        return lax.dot_general(_windows(x, (kh, kw), pads, out_hw),
+                               w.reshape(kh * kw * cin, cout), contract_c, precision=precision)
+    z = lax.dot_general(x, w.transpose(2, 0, 1, 3).reshape(cin, kh * kw * cout), contract_c,
+                        precision=precision)
+    return _sum_windows(z.reshape(*x.shape[:3], kh, kw, cout), pads, out_hw).astype(x.dtype)
+
+
+def _thin_gemm_dw(x, dy, w_shape, pads: Pads, precision):
+    """Kernel gradient of `_thin_gemm_conv` as one GEMM contracting over every pixel: thin
+    input, windows(x)^T @ dy; thin output, x^T @ windows(dy) as the input gradient reads dy,
+    whose taps come out reversed."""
+    kh, kw, cin, cout = w_shape
+    contract_nhw = (((0, 1, 2), (0, 1, 2)), ((), ()))
+    if cin <= cout:
+        dw = lax.dot_general(_windows(x, (kh, kw), pads, dy.shape[1:3]), dy, contract_nhw,
+                             precision=precision, preferred_element_type=jnp.float32)
+        return dw.reshape(kh, kw, cin, cout).astype(x.dtype)
+    dw = lax.dot_general(x, _windows(dy, (kh, kw), _transposed_pads(w_shape, pads), x.shape[1:3]),
+                         contract_nhw, precision=precision, preferred_element_type=jnp.float32)
+    return jnp.flip(dw.reshape(cin, kh, kw, cout).transpose(1, 2, 0, 3), (0, 1)).astype(x.dtype)
+
+
+def _c_value(x, w, strides, pads, precision):
+    if _thin_gemm(w.shape, strides):
+        return _thin_gemm_conv(x, w, pads, precision)
+    return _plain_conv(x, w, strides, pads, precision)
+
+
 def _dx_value(dy, w, x_shape, strides, pads, precision, cpu_forms):
     """Input gradient. Strided, CPU forms: a transposed conv computed by phases
     (`_phase_forward`); XLA's own form convolves the stride-dilated dy, 3/4 of whose entries
     are zeros for stride 2, and XLA:CPU runs that conv outside its fast library (HW6 critic:
     ~245 ms of a 1.43 s gan step). Otherwise XLA's own (cuDNN's backward-input kernel)."""
+    if _thin_gemm(w.shape, strides):
+        return _thin_gemm_conv(dy, _flip_io(w), _transposed_pads(w.shape, pads), precision)
     if strides != (1, 1) and cpu_forms:
         tpads = tuple(lo for lo, _ in pads)
         # output_padding that makes the transposed conv's output exactly x_shape
@@ -540,6 +619,8 @@ def _dw_gemm(x, dy, w_shape, strides, pads: Pads, precision):
 
 
 def _dw_value(x, dy, w_shape, strides, pads, precision, cpu_forms):
+    if _thin_gemm(w_shape, strides):
+        return _thin_gemm_dw(x, dy, w_shape, pads, precision)
     if cpu_forms and _dw_by_gemm(w_shape[2]):
         return _dw_gemm(x, dy, w_shape, strides, pads, precision)
     zeros = jnp.zeros(w_shape, x.dtype)
@@ -548,7 +629,7 @@ def _dw_value(x, dy, w_shape, strides, pads, precision, cpu_forms):
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
 def _conv(x, w, strides, pads, precision, cpu_forms):
-    return _plain_conv(x, w, strides, pads, precision)
+    return _c_value(x, w, strides, pads, precision)
 
 
 def _conv_fwd(x, w, strides, pads, precision, cpu_forms):

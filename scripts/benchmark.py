@@ -52,7 +52,10 @@ Knobs for profiling jaxgan (monkeypatched here; jaxgan itself is not changed):
                                        none: without layers.step_compiler_options),
                                        thin_output_channels (layers.THIN_OUTPUT_CHANNELS:
                                        widest transposed-conv output computed in the
-                                       sub-pixel form; 0 = always by phases)
+                                       sub-pixel form; 0 = always by phases),
+                                       thin_gemm_max_channels
+                                       (layers.THIN_GEMM_MAX_CHANNELS: thinnest side of a
+                                       stride-1 conv computed as GEMMs; 0 = off)
   --variants torch-eager:preload=LIB;keep_memory=1,...   the two keys for every
                                        implementation: preload starts the worker with LIB in
                                        LD_PRELOAD (e.g. libtcmalloc_minimal.so.4, an allocator
@@ -219,12 +222,9 @@ def _jax_worker(spec: dict, send) -> None:
         layers.default_upsample_impl = lambda backend: spec["upsample"]
     if spec.get("conv", "auto") != "auto":
         layers.default_conv_impl = lambda backend: spec["conv"]
-    if spec.get("dw_gemm_max_cin") is not None:
-        layers.DW_GEMM_MAX_CIN = int(spec["dw_gemm_max_cin"])
-    if spec.get("s2d_max_cin") is not None:
-        layers.S2D_MAX_CIN = int(spec["s2d_max_cin"])
-    if spec.get("thin_output_channels") is not None:
-        layers.THIN_OUTPUT_CHANNELS = int(spec["thin_output_channels"])
+    for key, name in LAYER_KNOBS.items():
+        if spec.get(key) is not None:
+            setattr(layers, name, int(spec[key]))
     if spec.get("step_options") == "none":
         layers.step_compiler_options = lambda backend: {}
     dtype = jnp.bfloat16 if spec["dtype"] == "bfloat16" else jnp.float32
@@ -240,8 +240,7 @@ def _jax_worker(spec: dict, send) -> None:
             "loop": step_lib.loop_kind(c.train.critic_loop),
             "upsample": layers.default_upsample_impl(jax.default_backend()),
             "conv": layers.default_conv_impl(jax.default_backend()),
-            "dw_gemm_max_cin": layers.DW_GEMM_MAX_CIN, "s2d_max_cin": layers.S2D_MAX_CIN,
-            "thin_output_channels": layers.THIN_OUTPUT_CHANNELS,
+            **{key: getattr(layers, name) for key, name in LAYER_KNOBS.items()},
             "step_options": layers.step_compiler_options(jax.default_backend()),
             "kept_memory": kept}
     if spec["count_flops"]:
@@ -483,14 +482,17 @@ class Worker:
 
 
 IMPLS = ("jaxgan", "torch-eager", "torch-compile")
+# --variants keys that set an integer threshold in jaxgan.layers: key -> attribute
+LAYER_KNOBS = {"dw_gemm_max_cin": "DW_GEMM_MAX_CIN", "s2d_max_cin": "S2D_MAX_CIN",
+               "thin_output_channels": "THIN_OUTPUT_CHANNELS",
+               "thin_gemm_max_channels": "THIN_GEMM_MAX_CHANNELS"}
 SPEED_GOAL = {"cpu": 1.2, "gpu": 2.0}  # issue 5: jaxgan's speed over torch eager (+ AMP on GPU)
 # --variants keys (jaxgan only) and their allowed values (None: any; int: an integer); the
 # same choices as the command-line options of those names
 VARIANT_KEYS = {"upsample": ("auto", "phase", "subpixel", "transpose"),
                 "critic_loop": ("auto", "scan", "unrolled"), "xla_flags": None,
-                "conv": ("auto", "fast", "table", "xla"), "dw_gemm_max_cin": int,
-                "s2d_max_cin": int,
-                "step_options": ("auto", "none"), "thin_output_channels": int, "preload": None,
+                "conv": ("auto", "fast", "table", "xla"), **dict.fromkeys(LAYER_KNOBS, int),
+                "step_options": ("auto", "none"), "preload": None,
                 "keep_memory": ("0", "1")}
 # how a worker process starts or allocates, so valid for any implementation
 PROCESS_KEYS = {"preload", "keep_memory"}
@@ -633,9 +635,7 @@ def main(argv=None) -> int:
                     "critic_loop": kv.get("critic_loop", args.critic_loop),
                     "xla_flags": kv.get("xla_flags", args.xla_flags),
                     "conv": kv.get("conv", args.conv),
-                    "dw_gemm_max_cin": kv.get("dw_gemm_max_cin"),
-                    "s2d_max_cin": kv.get("s2d_max_cin"),
-                    "thin_output_channels": kv.get("thin_output_channels"),
+                    **{key: kv.get(key) for key in LAYER_KNOBS},
                     "step_options": kv.get("step_options"), "gemm_peak": args.gemm_peak,
                     "keep_memory": kv.get("keep_memory"),
                     "count_flops": count_flops and impl == "jaxgan" and not kv}
@@ -711,9 +711,10 @@ def _report(loss: str, workers, args) -> list[dict]:
         if "loop" in w.info:
             i = w.info
             extra.append(f"{w.name}: {i['backend']} x{i['devices']} loop={i['loop']} "
-                         f"upsample={i['upsample']} conv={i['conv']} dw_gemm<={i['dw_gemm_max_cin']} "
-                         f"s2d<={i['s2d_max_cin']} "
-                         f"thin<={i['thin_output_channels']} kept_memory={i['kept_memory']} "
+                         f"upsample={i['upsample']} conv={i['conv']} "
+                         f"dw_gemm<={i['dw_gemm_max_cin']} s2d<={i['s2d_max_cin']} "
+                         f"thin<={i['thin_output_channels']} "
+                         f"gemm<={i['thin_gemm_max_channels']} kept_memory={i['kept_memory']} "
                          f"options={i['step_options']} trace+lower {i['trace_lower_s']:.1f}s "
                          f"+ XLA {w.info['xla_compile_s']:.1f}s")
         if w.times:

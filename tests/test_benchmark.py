@@ -37,6 +37,8 @@ def test_benchmark_runs_the_hw6_step_and_reports_it():
 def test_a_misspelt_variant_is_a_one_line_error_not_a_run_of_the_defaults():
     for variant, needle in [("jaxgan:dw_gemm_max=4", "'dw_gemm_max=4'"),
                             ("jaxgan:conv=fastt", "conv must be one of auto, fast, table, xla"),
+                            ("jaxgan:thin_gemm_max_channels=x",
+                             "thin_gemm_max_channels must be an integer"),
                             ("torch-eager:conv=xla",
                              "torch-eager takes only keep_memory, preload"),
                             ("torch:", "unknown implementation 'torch'")]:

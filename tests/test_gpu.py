@@ -82,8 +82,8 @@ def test_the_gpu_runs_the_vjp_table_and_subpixel_upsampling(monkeypatch):
 def test_hw6_step_equals_lax_own_gradients_on_the_same_device(loss, monkeypatch):
     """The GPU's convolution gradients (the VJP table in XLA's forms, which computes WGAN-GP's
     second order differently, and the critic's first layer by space to depth) and JAX's own
-    are the same functions; so is the 'phase' upsampling in the table's forms. At the
-    'highest' matmul precision (no TF32), so the difference is float32 summation order: both
+    are the same functions; so are the 12-channel convs as GEMMs (`THIN_GEMM_MAX_CHANNELS`).
+    At the 'highest' matmul precision (no TF32), so the difference is float32 summation order: both
     models' outputs and VJPs (train mode, fixed inputs and cotangents) to 1e-5, and one step's
     losses to 1e-4.
 
@@ -97,13 +97,13 @@ def test_hw6_step_equals_lax_own_gradients_on_the_same_device(loss, monkeypatch)
     runs = []
     with jax.default_matmul_precision("highest"):
         state, data = init(c, 16)
-        # 'phase' under 'table' (the generator's upsampling as cuDNN's backward-input kernel),
-        # a candidate GPU default, once: the generator is the same under both losses
-        forms = [("table", "subpixel"), ("xla", "subpixel")]
-        forms += [("table", "phase")] * (loss == "gan")
-        for conv, upsample in forms:
+        # (conv, upsample, THIN_GEMM_MAX_CHANNELS): the defaults, JAX's own VJPs, and a
+        # candidate GPU default, the 12-channel convs as GEMMs
+        forms = [("table", "subpixel", 0), ("xla", "subpixel", 0), ("table", "subpixel", 16)]
+        for conv, upsample, thin in forms:
             monkeypatch.setattr(layers, "default_conv_impl", lambda backend, v=conv: v)
             monkeypatch.setattr(layers, "default_upsample_impl", lambda backend, v=upsample: v)
+            monkeypatch.setattr(layers, "THIN_GEMM_MAX_CHANNELS", thin)
             runs.append((model_vjps(c, state, data), one_step(c, state, data)[1]))
     (a, ma), *others = runs
     for (b, mb), form in zip(others, forms[1:]):

@@ -255,6 +255,46 @@ def test_fast_conv_gradients_equal_flax_conv_to_second_order(case, impl, monkeyp
     _close(got[2], want[2], "second order: d/dparams of |d/dx|^2 and d/dx of |d/dparams|^2")
 
 
+# (name, (H, W), C_in, C_out, k, stride, padding): convs with a thin side, computed as GEMMs
+# (layers.THIN_GEMM_MAX_CHANNELS) in all three of the table's operations
+THIN_CASES = [
+    ("thin input, 2x2 VALID (the critic's first layer after space to depth)", (6, 7), 12, 20,
+     2, 1, "VALID"),
+    ("thin output, 3x3 SAME (the generator's RGB sub-pixel conv)", (6, 7), 20, 12, 3, 1,
+     "SAME"),
+    ("thin output, asymmetric pads, one negative in the input gradient", (6, 5), 24, 3, 3, 1,
+     ((3, 0), (0, 1))),
+    ("thin input, asymmetric pads", (6, 5), 3, 24, 3, 1, ((0, 2), (1, 0))),
+    ("both sides thin, non-square kernel", (5, 6), 4, 6, (2, 3), 1, "SAME"),
+    ("strided, 3 channels: by space to depth under 'table', then a GEMM", (8, 8), 3, 20, 4, 2,
+     ((1, 1), (1, 1))),
+]
+
+
+@pytest.mark.parametrize("impl", ["fast", "table"])
+@pytest.mark.parametrize("case", THIN_CASES, ids=[c[0] for c in THIN_CASES])
+def test_thin_convs_as_gemms_equal_flax_conv_to_second_order(case, impl, monkeypatch):
+    _, hw, cin, cout, k, s, pad = case
+    monkeypatch.setattr(layers, "THIN_GEMM_MAX_CHANNELS", 16)
+    monkeypatch.setattr(layers, "S2D_MAX_CIN", 4)
+    k = k if isinstance(k, tuple) else (k, k)
+    rng = np.random.default_rng(4)
+    x = jnp.asarray(rng.standard_normal((2, *hw, cin)), jnp.float32)
+    ref = nn.Conv(cout, k, strides=(s, s), padding=pad)
+    gemm = ref.clone(conv_general_dilated=partial(layers.conv_general_dilated, grad_impl=impl))
+    params = jax.tree.map(lambda a: jnp.asarray(0.3 * rng.standard_normal(a.shape), a.dtype),
+                          jax.eval_shape(ref.init, jax.random.key(0), x))
+    cot = jnp.asarray(rng.standard_normal(ref.apply(params, x).shape), jnp.float32)
+    # every order runs without a convolution, except 'fast''s strided conv (no space to depth)
+    hlo = jax.jit(partial(_first_and_second_order, gemm.apply)).lower(params, x, cot).as_text()
+    assert ("convolution" in hlo) == (impl == "fast" and s > 1)
+    want = _first_and_second_order(ref.apply, params, x, cot)
+    got = _first_and_second_order(gemm.apply, params, x, cot)
+    _close(got[0], want[0], "output")
+    _close(got[1], want[1], "first-order gradients (params, x)")
+    _close(got[2], want[2], "second order: d/dparams of |d/dx|^2 and d/dx of |d/dparams|^2")
+
+
 def test_fast_transposed_conv_gradients_equal_xla_to_second_order():
     # 4 * C_out = 128 sub-pixel channels: the generator's GEMM kernel-gradient path.
     x, mod, params = _init(5, 2, 2, 1, (4, 4), 8, 32, use_bias=False)
@@ -265,11 +305,12 @@ def test_fast_transposed_conv_gradients_equal_xla_to_second_order():
         _close(g, w, what)
 
 
-@pytest.mark.parametrize("impl", ["fast", "table"])
-def test_fast_conv_gradients_in_bfloat16(impl):
+@pytest.mark.parametrize("impl, thin", [("fast", 0), ("table", 0), ("table", 16)])
+def test_fast_conv_gradients_in_bfloat16(impl, thin, monkeypatch):
     """Mixed precision: bf16 activations and kernels through the custom VJPs (table: by space
-    to depth), second order included; same dtypes as lax's VJP and values within bf16 rounding
-    of it."""
+    to depth, then with thin=16 as GEMMs), second order included; same dtypes as lax's VJP and
+    values within bf16 rounding of it."""
+    monkeypatch.setattr(layers, "THIN_GEMM_MAX_CHANNELS", thin)
     rng = np.random.default_rng(3)
     x = jnp.asarray(rng.standard_normal((2, 8, 8, 3)), jnp.bfloat16)
     w = jnp.asarray(0.3 * rng.standard_normal((4, 4, 3, 8)), jnp.bfloat16)
