@@ -569,7 +569,9 @@ def _dx_value(dy, w, x_shape, strides, pads, precision, cpu_forms):
     """Input gradient. Strided, CPU forms: a transposed conv computed by phases
     (`_phase_forward`); XLA's own form convolves the stride-dilated dy, 3/4 of whose entries
     are zeros for stride 2, and XLA:CPU runs that conv outside its fast library (HW6 critic:
-    ~245 ms of a 1.43 s gan step). Otherwise XLA's own (cuDNN's backward-input kernel)."""
+    ~245 ms of a 1.43 s gan step). Thin stride-1 convs (`THIN_GEMM_MAX_CHANNELS`): the
+    forward's GEMM form with the adjoint kernel. Otherwise XLA's own (cuDNN's backward-input
+    kernel)."""
     if _thin_gemm(w.shape, strides):
         return _thin_gemm_conv(dy, _flip_io(w), _transposed_pads(w.shape, pads), precision)
     if strides != (1, 1) and cpu_forms:

@@ -222,9 +222,7 @@ def _jax_worker(spec: dict, send) -> None:
         layers.default_upsample_impl = lambda backend: spec["upsample"]
     if spec.get("conv", "auto") != "auto":
         layers.default_conv_impl = lambda backend: spec["conv"]
-    for key, name in LAYER_KNOBS.items():
-        if spec.get(key) is not None:
-            setattr(layers, name, int(spec[key]))
+    apply_layer_knobs(spec)
     if spec.get("step_options") == "none":
         layers.step_compiler_options = lambda backend: {}
     dtype = jnp.bfloat16 if spec["dtype"] == "bfloat16" else jnp.float32
@@ -486,6 +484,17 @@ IMPLS = ("jaxgan", "torch-eager", "torch-compile")
 LAYER_KNOBS = {"dw_gemm_max_cin": "DW_GEMM_MAX_CIN", "s2d_max_cin": "S2D_MAX_CIN",
                "thin_output_channels": "THIN_OUTPUT_CHANNELS",
                "thin_gemm_max_channels": "THIN_GEMM_MAX_CHANNELS"}
+
+
+def apply_layer_knobs(knobs: dict) -> None:
+    """Sets the jaxgan.layers thresholds named by LAYER_KNOBS keys in `knobs` (None: leave)."""
+    from jaxgan import layers
+
+    for key, name in LAYER_KNOBS.items():
+        if knobs.get(key) is not None:
+            setattr(layers, name, int(knobs[key]))
+
+
 SPEED_GOAL = {"cpu": 1.2, "gpu": 2.0}  # issue 5: jaxgan's speed over torch eager (+ AMP on GPU)
 # --variants keys (jaxgan only) and their allowed values (None: any; int: an integer); the
 # same choices as the command-line options of those names

@@ -20,7 +20,8 @@
 # compiled step) and bench_<dtype>_b<batch>.json. Knobs (environment): BUDGET_S (540: seconds
 # for the whole script), DEVICE (gpu; `cpu` dry-runs the script's plumbing here), BIG (512: the
 # MFU batch; a small one for a dry run), BENCH_ARGS (extra benchmark.py arguments), VARIANTS
-# (the batch-512 jaxgan variants), PROFILE (1), TESTS (1), PEAK_BF16_TFLOPS / PEAK_F32_TFLOPS
+# (the batch-512 jaxgan variants), PROFILE (1), PROFILE_KNOBS (layer thresholds to profile
+# with, see below), TESTS (1), PEAK_BF16_TFLOPS / PEAK_F32_TFLOPS
 # (dense peaks for MFU; default: H100/H200 SXM, 989 and 495 with TF32).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -99,9 +100,16 @@ BIG=${BIG:-512}
 # tests/test_gpu.py compares that form with JAX's own VJPs on the device. Already timed and not
 # adopted: JAX's own VJPs (conv=xla), no space to depth (session 23), 'phase' under 'table' and
 # XLA's cuDNN layer-norm rewrite (session 25).
+# PROFILE_KNOBS (comma-separated KEY=N, profile_step.py's --layer_knob): the profile is of the
+# candidate, since session 25 profiled the unchanged defaults (BUILD_NOTES); empty: defaults.
+PROFILE_KNOBS=${PROFILE_KNOBS-thin_gemm_max_channels=16}
+KNOBS=()
+IFS=, read -r -a knob_list <<< "$PROFILE_KNOBS"
+for k in "${knob_list[@]}"; do KNOBS+=(--layer_knob "$k"); done
 if [[ ${PROFILE:-1} == 1 ]]; then
   for loss in gan wgan-gp; do
-    step "profile $loss bf16 batch $BIG" 120 "$PY" scripts/profile_step.py --device "$DEVICE" \
+    step "profile $loss bf16 batch $BIG $PROFILE_KNOBS" 120 \
+        "$PY" scripts/profile_step.py --device "$DEVICE" "${KNOBS[@]}" \
         --loss "$loss" --dtype bfloat16 --batch "$BIG" --steps 3 --warmup 2 --top 40 \
         --json "$OUT/profile_$loss.json" --save_hlo "$OUT/hlo_$loss.txt.gz"
   done

@@ -276,10 +276,14 @@ def main(argv=None) -> int:
     p.add_argument("--step_options", choices=("auto", "none"), default="auto",
                    help="auto: compile the step as jaxgan.train does "
                         "(layers.step_compiler_options); none: XLA's default options")
+    p.add_argument("--layer_knob", action="append", default=[], metavar="KEY=N",
+                   help="set a jaxgan.layers threshold before compiling, as benchmark.py's "
+                        "--variants keys do (e.g. thin_gemm_max_channels=16); repeatable")
     p.add_argument("--replay", nargs=2, metavar=("JSON", "HLO"),
                    help="print the GPU tables again from a --json table and a --save_hlo file "
                         "of an earlier --device gpu run, without running anything")
     args = p.parse_args(argv)
+    args.knobs = _parse_knobs(p, args.layer_knob)
 
     if args.replay:
         return replay_gpu(*args.replay, top=args.top)
@@ -322,7 +326,7 @@ def main(argv=None) -> int:
     summed = sum(per_op.values())
     print(f"# HW6 {args.loss}, batch {args.batch}, {args.dtype}, {jax.device_count()} CPU "
           f"device(s), {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}; {args.steps} "
-          f"profiled step(s)")
+          f"profiled step(s)" + "".join(f"; {k}={v}" for k, v in args.knobs.items()))
     print(f"wall {wall * 1e3:.0f} ms/step; events summed over threads {summed:.0f} ms/step")
     options = layers.step_compiler_options(jax.default_backend())
     print(f"step compiled with {options or 'XLA default options'}")
@@ -373,14 +377,30 @@ def _run_steps(step, state, data, n: int, block_each: bool = False):
     return state, (time.perf_counter() - t0) / max(n, 1)
 
 
+def _parse_knobs(parser, items: list[str]) -> dict[str, int]:
+    """--layer_knob KEY=N items as {key: N}; an unknown key or a non-integer is a usage error."""
+    sys.path[:0] = [HERE, os.path.dirname(HERE)]
+    from benchmark import LAYER_KNOBS
+
+    knobs = {}
+    for item in items:
+        key, _, value = item.partition("=")
+        if key not in LAYER_KNOBS or not value.lstrip("-").isdigit():
+            parser.error(f"--layer_knob {item!r}: expected KEY=N with KEY one of "
+                         f"{', '.join(LAYER_KNOBS)}")
+        knobs[key] = int(value)
+    return knobs
+
+
 def _compiled(args):
     """(state, compiled step, data, its HLO text) of the benchmark's HW6 step, as its jaxgan
     worker builds it; the HLO is saved if --save_hlo asks."""
     import jax.numpy as jnp
 
     sys.path[:0] = [HERE, os.path.dirname(HERE)]
-    from benchmark import compiled_hw6_step, hw6_config, random_images
+    from benchmark import apply_layer_knobs, compiled_hw6_step, hw6_config, random_images
 
+    apply_layer_knobs(args.knobs)
     c = hw6_config(args.loss, args.batch)
     dtype = jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32
     data = random_images(4 * args.batch)
@@ -493,7 +513,8 @@ def profile_gpu(args) -> int:
     summed = sum(r["ms"] for r in rows)
     print(f"# HW6 {args.loss}, batch {args.batch}, {args.dtype}, {jax.devices()[0].device_kind}; "
           f"{args.steps} profiled step(s); XLA's command buffers "
-          f"{'on' if args.command_buffers else 'off (the times below are without them)'}")
+          f"{'on' if args.command_buffers else 'off (the times below are without them)'}"
+          + "".join(f"; {k}={v}" for k, v in args.knobs.items()))
     print(f"wall {untraced * 1e3:.2f} ms/step untraced, {wall * 1e3:.2f} traced; kernels "
           f"{summed:.2f} ms/step summed, GPU busy {busy:.2f} ({100 * busy / (wall * 1e3):.0f}% of "
           f"the traced wall), {len(kernels) / args.steps:.0f} kernels/step")
@@ -501,7 +522,8 @@ def profile_gpu(args) -> int:
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"wall_ms": wall * 1e3, "untraced_ms": untraced * 1e3, "busy_ms": busy,
-                       "kernel_ms": summed, "ops": rows}, f, indent=1)
+                       "kernel_ms": summed, "layer_knobs": args.knobs, "ops": rows}, f,
+                      indent=1)
     return 0
 
 

@@ -244,3 +244,23 @@ def test_cpu_trace_events_count_only_xla_operations():
     for bookkeeping in ("CommonPjRtLoadedExecutable::ExecuteHelperOnSingleDevice",
                         "ThunkExecutor::Execute", "$profiler.py:307 trace", "jit_step(...)"):
         assert not is_xla_operation(bookkeeping), bookkeeping
+
+
+def test_layer_knobs_are_validated_and_set_before_compiling(monkeypatch, capsys):
+    """--layer_knob KEY=N sets the jaxgan.layers threshold benchmark.py's variant key of that
+    name sets (so a candidate is profiled as it is timed); a wrong key or value is a usage
+    error, before anything is compiled."""
+    from benchmark import apply_layer_knobs
+    from profile_step import main
+
+    from jaxgan import layers
+
+    for bad in ("thin_gemm=16", "thin_gemm_max_channels=x"):
+        with pytest.raises(SystemExit) as e:
+            main(["--layer_knob", bad])
+        assert e.value.code == 2
+        assert f"--layer_knob {bad!r}: expected KEY=N" in capsys.readouterr().err
+    monkeypatch.setattr(layers, "THIN_GEMM_MAX_CHANNELS", 0)
+    monkeypatch.setattr(layers, "S2D_MAX_CIN", 4)
+    apply_layer_knobs({"thin_gemm_max_channels": 16, "s2d_max_cin": None})
+    assert (layers.THIN_GEMM_MAX_CHANNELS, layers.S2D_MAX_CIN) == (16, 4)
