@@ -545,18 +545,21 @@ def _thin_gemm_conv(x, w, pads: Pads, precision):
 
 
 def _thin_gemm_dw(x, dy, w_shape, pads: Pads, precision):
-    """Kernel gradient of `_thin_gemm_conv` as one GEMM contracting over every pixel: thin
-    input, windows(x)^T @ dy; thin output, x^T @ windows(dy) as the input gradient reads dy,
-    whose taps come out reversed."""
+    """Kernel gradient of `_thin_gemm_conv`, a GEMM contracting over every pixel: thin input,
+    windows(x)^T @ dy; thin output, x^T @ windows(dy) as the input gradient reads dy, whose
+    taps come out reversed. Batched over examples and summed in f32 (an explicit split-K:
+    K is every pixel of the batch, and [taps*C, C] is too small an output to keep a GPU busy
+    with one GEMM)."""
     kh, kw, cin, cout = w_shape
-    contract_nhw = (((0, 1, 2), (0, 1, 2)), ((), ()))
+    per_example = (((1, 2), (1, 2)), ((0,), (0,)))
     if cin <= cout:
-        dw = lax.dot_general(_windows(x, (kh, kw), pads, dy.shape[1:3]), dy, contract_nhw,
+        dw = lax.dot_general(_windows(x, (kh, kw), pads, dy.shape[1:3]), dy, per_example,
                              precision=precision, preferred_element_type=jnp.float32)
-        return dw.reshape(kh, kw, cin, cout).astype(x.dtype)
+        return dw.sum(0).reshape(kh, kw, cin, cout).astype(x.dtype)
     dw = lax.dot_general(x, _windows(dy, (kh, kw), _transposed_pads(w_shape, pads), x.shape[1:3]),
-                         contract_nhw, precision=precision, preferred_element_type=jnp.float32)
-    return jnp.flip(dw.reshape(cin, kh, kw, cout).transpose(1, 2, 0, 3), (0, 1)).astype(x.dtype)
+                         per_example, precision=precision, preferred_element_type=jnp.float32)
+    dw = dw.sum(0).reshape(cin, kh, kw, cout).transpose(1, 2, 0, 3)
+    return jnp.flip(dw, (0, 1)).astype(x.dtype)
 
 
 def _c_value(x, w, strides, pads, precision):
