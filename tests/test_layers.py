@@ -221,26 +221,40 @@ def _close(got, want, what):
         np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5 * scale, err_msg=what)
 
 
+def _conv_and_ours(case, impl: str, seed: int):
+    """For a CONV_CASES / THIN_CASES row: nn.Conv, the same layer through
+    `layers.conv_general_dilated` with grad_impl=impl, random params, input and cotangent."""
+    _, hw, cin, cout, k, s, pad = case
+    rng = np.random.default_rng(seed)
+    x = jnp.asarray(rng.standard_normal((2, *hw, cin)), jnp.float32)
+    ref = nn.Conv(cout, k if isinstance(k, tuple) else (k, k), strides=(s, s), padding=pad)
+    ours = ref.clone(conv_general_dilated=partial(layers.conv_general_dilated, grad_impl=impl))
+    params = jax.tree.map(lambda a: jnp.asarray(0.3 * rng.standard_normal(a.shape), a.dtype),
+                          jax.eval_shape(ref.init, jax.random.key(0), x))
+    cot = jnp.asarray(rng.standard_normal(ref.apply(params, x).shape), jnp.float32)
+    return ref, ours, params, x, cot
+
+
+def _assert_every_order_equal(ours, ref, params, x, cot):
+    want = _first_and_second_order(ref.apply, params, x, cot)
+    got = _first_and_second_order(ours.apply, params, x, cot)
+    _close(got[0], want[0], "output")
+    _close(got[1], want[1], "first-order gradients (params, x)")
+    _close(got[2], want[2], "second order: d/dparams of |d/dx|^2 and d/dx of |d/dparams|^2")
+
+
 @pytest.mark.parametrize("impl", ["fast", "table"])
 @pytest.mark.parametrize("case", CONV_CASES, ids=[c[0] for c in CONV_CASES])
 def test_fast_conv_gradients_equal_flax_conv_to_second_order(case, impl, monkeypatch):
-    _, hw, cin, cout, k, s, pad = case
+    _, _, cin, cout, _, s, _ = case
     # fast: the widest GEMM setting any CPU gets (Intel's), so that every row below 72 channels
     # exercises `_dw_gemm` whatever CPU runs the test; 72 channels take XLA's kernel gradient.
     monkeypatch.setattr(layers, "DW_GEMM_MAX_CIN", 64)
     # table: strided rows of <= 4 channels by space to depth, the others in XLA's own forms
     monkeypatch.setattr(layers, "S2D_MAX_CIN", 4)
-    rng = np.random.default_rng(1)
-    x = jnp.asarray(rng.standard_normal((2, *hw, cin)), jnp.float32)
-    ref = nn.Conv(cout, (k, k), strides=(s, s), padding=pad)
-    fast = ref.clone(conv_general_dilated=partial(layers.conv_general_dilated, grad_impl=impl))
-    shapes = jax.eval_shape(ref.init, jax.random.key(0), x)
+    ref, fast, params, x, cot = _conv_and_ours(case, impl, seed=1)
     assert jax.tree.map(jnp.shape, jax.eval_shape(fast.init, jax.random.key(0), x)) == \
-        jax.tree.map(jnp.shape, shapes)  # the same parameter tree as nn.Conv
-    params = jax.tree.map(lambda a: jnp.asarray(0.3 * rng.standard_normal(a.shape), a.dtype),
-                          shapes)
-    y = ref.apply(params, x)
-    cot = jnp.asarray(rng.standard_normal(y.shape), jnp.float32)
+        jax.tree.map(jnp.shape, params)  # the same parameter tree as nn.Conv
     assert layers._use_custom_vjp(cin, cout, (s, s))  # routed through the custom VJPs
     assert layers._dw_by_gemm(cin) == (cin <= 64)
     if impl == "table":
@@ -248,11 +262,7 @@ def test_fast_conv_gradients_equal_flax_conv_to_second_order(case, impl, monkeyp
         assert "custom_vjp_call" in jaxpr
         # space to depth: the strided conv is computed as a stride-1 one
         assert (f"window_strides=({s}, {s})" in jaxpr) == (s == 1 or cin > 4)
-    want = _first_and_second_order(ref.apply, params, x, cot)
-    got = _first_and_second_order(fast.apply, params, x, cot)
-    _close(got[0], want[0], "output")
-    _close(got[1], want[1], "first-order gradients (params, x)")
-    _close(got[2], want[2], "second order: d/dparams of |d/dx|^2 and d/dx of |d/dparams|^2")
+    _assert_every_order_equal(fast, ref, params, x, cot)
 
 
 # (name, (H, W), C_in, C_out, k, stride, padding): convs with a thin side, computed as GEMMs
@@ -274,25 +284,14 @@ THIN_CASES = [
 @pytest.mark.parametrize("impl", ["fast", "table"])
 @pytest.mark.parametrize("case", THIN_CASES, ids=[c[0] for c in THIN_CASES])
 def test_thin_convs_as_gemms_equal_flax_conv_to_second_order(case, impl, monkeypatch):
-    _, hw, cin, cout, k, s, pad = case
+    s = case[5]
     monkeypatch.setattr(layers, "THIN_GEMM_MAX_CHANNELS", 16)
     monkeypatch.setattr(layers, "S2D_MAX_CIN", 4)
-    k = k if isinstance(k, tuple) else (k, k)
-    rng = np.random.default_rng(4)
-    x = jnp.asarray(rng.standard_normal((2, *hw, cin)), jnp.float32)
-    ref = nn.Conv(cout, k, strides=(s, s), padding=pad)
-    gemm = ref.clone(conv_general_dilated=partial(layers.conv_general_dilated, grad_impl=impl))
-    params = jax.tree.map(lambda a: jnp.asarray(0.3 * rng.standard_normal(a.shape), a.dtype),
-                          jax.eval_shape(ref.init, jax.random.key(0), x))
-    cot = jnp.asarray(rng.standard_normal(ref.apply(params, x).shape), jnp.float32)
+    ref, gemm, params, x, cot = _conv_and_ours(case, impl, seed=4)
     # every order runs without a convolution, except 'fast''s strided conv (no space to depth)
     hlo = jax.jit(partial(_first_and_second_order, gemm.apply)).lower(params, x, cot).as_text()
     assert ("convolution" in hlo) == (impl == "fast" and s > 1)
-    want = _first_and_second_order(ref.apply, params, x, cot)
-    got = _first_and_second_order(gemm.apply, params, x, cot)
-    _close(got[0], want[0], "output")
-    _close(got[1], want[1], "first-order gradients (params, x)")
-    _close(got[2], want[2], "second order: d/dparams of |d/dx|^2 and d/dx of |d/dparams|^2")
+    _assert_every_order_equal(gemm, ref, params, x, cot)
 
 
 def test_fast_transposed_conv_gradients_equal_xla_to_second_order():
