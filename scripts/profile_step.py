@@ -283,6 +283,7 @@ def main(argv=None) -> int:
                    help="print the GPU tables again from a --json table and a --save_hlo file "
                         "of an earlier --device gpu run, without running anything")
     args = p.parse_args(argv)
+    sys.path[:0] = [HERE, os.path.dirname(HERE)]  # benchmark.py and jaxgan, for what follows
     args.knobs = _parse_knobs(p, args.layer_knob)
 
     if args.replay:
@@ -294,7 +295,6 @@ def main(argv=None) -> int:
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
     import jax
 
-    sys.path[:0] = [HERE, os.path.dirname(HERE)]
     from benchmark import jax_gemm_gflops
     from jaxgan import host_memory, layers
 
@@ -379,7 +379,6 @@ def _run_steps(step, state, data, n: int, block_each: bool = False):
 
 def _parse_knobs(parser, items: list[str]) -> dict[str, int]:
     """--layer_knob KEY=N items as {key: N}; an unknown key or a non-integer is a usage error."""
-    sys.path[:0] = [HERE, os.path.dirname(HERE)]
     from benchmark import LAYER_KNOBS
 
     knobs = {}
@@ -397,7 +396,6 @@ def _compiled(args):
     worker builds it; the HLO is saved if --save_hlo asks."""
     import jax.numpy as jnp
 
-    sys.path[:0] = [HERE, os.path.dirname(HERE)]
     from benchmark import apply_layer_knobs, compiled_hw6_step, hw6_config, random_images
 
     apply_layer_knobs(args.knobs)
