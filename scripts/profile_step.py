@@ -12,10 +12,13 @@ which this script adds to XLA_FLAGS). Printed per step:
   * time by kind of operation: `ynn_fusion` are XLA:CPU's calls into YNNPACK (convolutions and
     dots; plain `convolution` / `dot_general` with older jax, e.g. 0.8), the other names are
     XLA's own fusions (elementwise, normalisation, optimizer, copies);
+  * the FLOP rate of the convolutions and dots in YNNPACK together, to set against the CPU's
+    peak (a large f32 / bf16 matmul is timed for that reference: `--peak_matmul`), and the
+    bandwidth of XLA's own fusions and copies together (operands' and results' bytes over time);
+  * time by model layer and pass (forward, backward, second order), from the HLO's JAX names;
   * the slowest operations with their convolution or dot shapes, FLOPs (2 x output elements x
-    contraction length, from the compiled HLO) and the GFLOP/s they ran at, and the FLOP rate of
-    the convolutions and dots in YNNPACK together, to set against the CPU's peak (a large f32 /
-    bf16 matmul is timed for that reference: `--peak_matmul`).
+    contraction length, from the compiled HLO) and the GFLOP/s they ran at, or for a fusion the
+    GB/s it ran at (one far below the others reads an operand in a slow order).
 
 Only YNNPACK's calls (`ynn_fusion`) are timed as work. Convolutions and dots that XLA:CPU runs
 with its own Eigen kernels (all of them with jax 0.8; those of the step compiled without YNNPACK,
@@ -123,9 +126,9 @@ def _type_bytes(hlo_type: str) -> int:
 
 def op_bytes(hlo: str) -> dict[str, int]:
     """{fusion name: bytes of its operands and its result} for every kernel XLA writes itself
-    (a fusion that is not inside another one): what an elementwise or reduction kernel reads
-    and writes if it touches each operand once, so ms and bytes give the memory bandwidth it
-    ran at. An operand read only in part (a slice) or twice counts once, in full."""
+    (a fusion that is not inside another one, or a copy): what an elementwise or reduction
+    kernel reads and writes if it touches each operand once, so ms and bytes give the memory
+    bandwidth it ran at. An operand read only in part (a slice) or twice counts once, in full."""
     computations, fused = _computations(hlo)
     out = {}
     for computation, body in computations.items():
@@ -138,7 +141,7 @@ def op_bytes(hlo: str) -> dict[str, int]:
                 continue
             name, hlo_type, opcode, rest = m.groups()
             types[name] = hlo_type
-            if opcode == "fusion":
+            if opcode in ("fusion", "copy"):
                 operands = re.findall(r"%([\w.\-]+)", rest.split(")", 1)[0])
                 out[name] = _type_bytes(hlo_type) + sum(_type_bytes(types.get(o, ""))
                                                         for o in operands)
@@ -320,9 +323,6 @@ def main(argv=None) -> int:
     for e in events:
         if is_xla_operation(e["name"]):
             per_op[e["name"]] += e["dur"] / 1e3 / args.steps  # ms per step
-    by_kind = collections.Counter()
-    for name, ms in per_op.items():
-        by_kind[re.sub(r"\.\d+$", "", name)] += ms
     summed = sum(per_op.values())
     print(f"# HW6 {args.loss}, batch {args.batch}, {args.dtype}, {jax.device_count()} CPU "
           f"device(s), {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}; {args.steps} "
@@ -335,28 +335,11 @@ def main(argv=None) -> int:
         print(f"# note: {len(untimed)} of {len(ops)} convolutions / dots run in XLA's Eigen "
               "kernels, whose events may time only their launch:\n# no FLOP rate is printed for "
               f"them ('launch'); their work is in the wall time{hint}")
-    print("\n## by kind (ms/step, share of the summed events)")
-    for kind, ms in by_kind.most_common(12):
-        print(f"{ms:9.1f}  {100 * ms / summed:5.1f}%  {kind}")
-    timed = [name for name in per_op if name in ops and name not in untimed]
-    conv_ms = sum(per_op[name] for name in timed)
-    conv_flops = sum(ops[name][0] for name in timed)
-    if timed:
-        print(f"\nconvolutions and dots in YNNPACK: {conv_ms:.0f} ms/step, "
-              f"{conv_flops / 1e9:.1f} GFLOP, {conv_flops / max(conv_ms, 1e-9) / 1e6:.0f} GFLOP/s")
+    rows, lines = cpu_tables(per_op, hlo, untimed, args.top)
+    print("\n".join(lines))
     if args.peak_matmul:
-        print(f"2048^3 matmul: f32 {jax_gemm_gflops('float32'):.0f} GFLOP/s, "
+        print(f"\n2048^3 matmul: f32 {jax_gemm_gflops('float32'):.0f} GFLOP/s, "
               f"bf16 {jax_gemm_gflops('bfloat16'):.0f} GFLOP/s")
-    print(f"\n## slowest {args.top} operations (ms/step, GFLOP/s)")
-    rows = []
-    for name, ms in per_op.most_common():
-        flops, desc = ops.get(name, (0.0, ""))
-        rows.append({"op": name, "ms": ms, "gflops": flops / 1e9, "desc": desc,
-                     "launch_only": name in untimed})
-    for r in rows[:args.top]:
-        rate = ("launch" if r["launch_only"] else
-                f"{r['gflops'] / r['ms'] * 1e3:5.0f}" if r["gflops"] else "    -")
-        print(f"{r['ms']:7.1f} {rate}  {r['op']:<28} {r['desc']}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"wall_ms": wall * 1e3, "summed_ms": summed, "ops": rows}, f, indent=1)
@@ -408,6 +391,56 @@ def _compiled(args):
         with gzip.open(args.save_hlo, "wt") as f:
             f.write(hlo)
     return state, step, data, hlo
+
+
+def cpu_tables(per_op: dict[str, float], hlo: str, untimed: set[str],
+               top: int) -> tuple[list[dict], list[str]]:
+    """The CPU report from the trace's ms per step of each XLA operation (`per_op`) and the
+    compiled step's HLO: (rows for the --json table, slowest first; the printed lines).
+
+    Rates: GFLOP/s of a convolution or dot that YNNPACK ran (its event times the work),
+    'launch' for one in XLA's Eigen kernels (its event may end before the work does), and
+    GB/s of XLA's own fusions and copies, their operands' and result's bytes over their time:
+    a fusion far below the others' rate reads an operand in a slow order (session 26: Adam
+    reading a gradient with its channels swapped ran at 9-11 GB/s, 4x slower than from a
+    contiguous one). Events overlap on the threads, so the shares are of their sum."""
+    ops, moved, layers_of = op_flops(hlo), op_bytes(hlo), op_layers(hlo)
+    summed = max(sum(per_op.values()), 1e-9)
+    rows, by_kind, by_layer = [], collections.Counter(), collections.Counter()
+    for name, ms in sorted(per_op.items(), key=lambda kv: -kv[1]):
+        flops, desc = ops.get(name, (0.0, ""))
+        layer, pass_ = layers_of.get(name, ("(no JAX name)", ""))
+        rows.append({"op": name, "ms": ms, "gflops": flops / 1e9, "desc": desc,
+                     "launch_only": name in untimed,
+                     "gbytes": 0.0 if flops else moved.get(name, 0) / 1e9,
+                     "layer": layer, "pass": pass_})
+        by_kind[re.sub(r"\.\d+$", "", name)] += ms
+        by_layer[f"{layer} {pass_}".strip()] += ms
+    lines = ["", "## by kind (ms/step, share of the summed events)"]
+    lines += [f"{ms:9.1f}  {100 * ms / summed:5.1f}%  {kind}" for kind, ms in
+              by_kind.most_common(12)]
+    timed = [r for r in rows if r["gflops"] and not r["launch_only"]]
+    if timed:
+        conv_ms, conv_gflops = sum(r["ms"] for r in timed), sum(r["gflops"] for r in timed)
+        lines += ["", f"convolutions and dots in YNNPACK: {conv_ms:.0f} ms/step, "
+                  f"{conv_gflops:.1f} GFLOP, {conv_gflops / max(conv_ms, 1e-9) * 1e3:.0f} GFLOP/s"]
+    memory = [r for r in rows if r["gbytes"]]
+    memory_ms, memory_gb = sum(r["ms"] for r in memory), sum(r["gbytes"] for r in memory)
+    lines += ["", f"XLA's own fusions and copies: {memory_ms:.1f} ms/step, {memory_gb:.2f} GB/step "
+              f"of operands and results, {memory_gb / max(memory_ms, 1e-9) * 1e3:.1f} GB/s "
+              "while they run"]
+    lines += ["", "## by model layer and pass (ms/step of events, share; Eigen's convolutions "
+              "count only their launch)"]
+    lines += [f"{ms:9.1f}  {100 * ms / summed:5.1f}%  {layer}" for layer, ms in
+              by_layer.most_common(top)]
+    lines += ["", f"## slowest {top} operations (ms/step; rate: GFLOP/s of a convolution or "
+              "dot, 'launch' in Eigen, GB/s of a fusion's operands and result)"]
+    for r in rows[:top]:
+        rate = ("  launch" if r["launch_only"] else
+                f"{r['gflops'] / r['ms'] * 1e3:5.0f} GF" if r["gflops"] else
+                f"{r['gbytes'] / r['ms'] * 1e3:5.1f} GB" if r["gbytes"] else "       -")
+        lines.append(f"{r['ms']:7.1f} {rate}  {r['op']:<28} {r['desc'] or r['layer']}")
+    return rows, lines
 
 
 def gpu_tables(rows: list[dict], hlo: str, top: int) -> list[str]:

@@ -237,6 +237,39 @@ ENTRY %main {{
                                                                         "forward")
 
 
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="reads XLA:CPU operation names")
+def test_cpu_tables_rate_fusions_by_bandwidth_and_eigen_convolutions_as_launches():
+    from jaxgan import layers
+    from profile_step import cpu_tables, launch_timed, op_bytes
+
+    def f(x, w):
+        y = jax.lax.conv_general_dilated(x, w, (1, 1), "SAME",
+                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        return jnp.tanh(y).transpose(3, 1, 2, 0) * 2
+
+    args = (jnp.ones((8, 16, 16, 64)), jnp.ones((3, 3, 64, 64)))
+    hlo = jax.jit(f, compiler_options=layers._WITHOUT_YNNPACK).lower(*args).compile().as_text()
+    [conv] = op_flops(hlo)
+    moved = op_bytes(hlo)
+    assert moved and conv not in moved
+    # every fusion reads the conv's output (or a fusion of it) and writes as many bytes
+    activation = 8 * 16 * 16 * 64 * 4
+    assert all(b >= 2 * activation for b in moved.values()), moved
+    per_op = {conv: 0.25, **dict.fromkeys(moved, 0.5)}  # ms per step
+    rows, lines = cpu_tables(per_op, hlo, launch_timed(op_flops(hlo)), top=10)
+    text = "\n".join(lines)
+    by_op = {r["op"]: r for r in rows}
+    assert by_op[conv]["launch_only"] and by_op[conv]["gbytes"] == 0.0
+    assert f"   0.2   launch  {conv}" in text
+    for name, b in moved.items():  # bytes over 0.5 ms, in GB/s
+        assert by_op[name]["gbytes"] == b / 1e9
+        assert f"    0.5 {b / 1e9 / 0.5e-3:5.1f} GB  {name}" in text
+    total = sum(moved.values()) / 1e9
+    assert (f"XLA's own fusions and copies: {0.5 * len(moved):.1f} ms/step, {total:.2f} GB/step "
+            f"of operands and results, {total / (0.5 * len(moved)) * 1e3:.1f} GB/s") in text
+    assert "outside the models" in text  # no Flax module in f's names
+
+
 def test_cpu_trace_events_count_only_xla_operations():
     from profile_step import is_xla_operation
 
