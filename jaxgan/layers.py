@@ -390,19 +390,24 @@ def step_compiler_options(backend: str) -> dict[str, str]:
     8-11% slower without it. Elsewhere (0.11, 0.10 on Intel; 0.8 does not know the option)
     XLA's default stays.
 
-    YNNPACK keeps the reductions (batch-norm statistics, bias gradients), which it computes
-    7.5x faster than XLA's own and more exactly (a batch norm's sum and mean square of
-    f32[64,32,32,64] per channel on a Zen 5 EPYC: 10.3 vs 1.4 ms, the sum's relative error
-    4.6e-6 vs 1.4e-7). HW6 steps on that EPYC (session 26), without YNNPACK / with its
-    reductions / XLA's default: jaxlib 0.10 gan 626 / 562 / 673 ms, WGAN-GP 3193 / 3070 ms;
-    jaxlib 0.12 gan 622 / 573 / 624 ms, WGAN-GP 3084 / 2928 ms. On session 18's older EPYC
-    (jaxlib 0.10) within noise (gan 1542 vs 1459 and 1555 vs 1541 ms, WGAN-GP 7312 vs 7546
-    ms); not measured on a Xeon.
+    Under jaxlib 0.10 on AMD, YNNPACK keeps the reductions (batch-norm statistics, bias
+    gradients), which it computes 7.5x faster than XLA's own and more exactly (a batch norm's
+    sum and mean square of f32[64,32,32,64] per channel on a Zen 5 EPYC: 10.3 vs 1.4 ms, the
+    sum's relative error 4.6e-6 vs 1.4e-7).
+    On a Zen 5 EPYC (session 26) the HW6 gan step took 626 ms without YNNPACK, 562 ms with its
+    reductions, 673 ms with XLA's default; WGAN-GP 3193 vs 3070 ms. On session 18's older
+    EPYC the same change was within noise (gan 1542 vs 1459 and 1555 vs 1541 ms, WGAN-GP
+    7312 vs 7546 ms). Under jaxlib 0.12 it was faster too (gan 622 vs 573 ms, WGAN-GP 3084 vs
+    2928 ms on the Zen 5 EPYC), but there YNNPACK's reduce undid `host_memory`'s kept memory
+    on a busy box (a 64 MB scratch faulted in afresh in 1-5 of 5 calls), so jaxlib >= 0.12
+    keeps YNNPACK off altogether.
     """
     if backend != "cpu":
         return {}
-    if jaxlib_version() >= (0, 12) or _amd_with_jaxlib_0_10():
+    if _amd_with_jaxlib_0_10():
         return dict(_YNNPACK_REDUCTIONS_ONLY)
+    if jaxlib_version() >= (0, 12):
+        return dict(_WITHOUT_YNNPACK)
     return {}
 
 
