@@ -49,7 +49,7 @@ Knobs for profiling jaxgan (monkeypatched here; jaxgan itself is not changed):
                                        gradient is computed by GEMMs), s2d_max_cin
                                        (layers.S2D_MAX_CIN: widest strided conv that 'table'
                                        computes by space to depth), step_options (auto |
-                                       none: without layers.step_compiler_options),
+                                       none: XLA's default options | off: no YNNPACK),
                                        thin_output_channels (layers.THIN_OUTPUT_CHANNELS:
                                        widest transposed-conv output computed in the
                                        sub-pixel form; 0 = always by phases),
@@ -223,8 +223,7 @@ def _jax_worker(spec: dict, send) -> None:
     if spec.get("conv", "auto") != "auto":
         layers.default_conv_impl = lambda backend: spec["conv"]
     apply_layer_knobs(spec)
-    if spec.get("step_options") == "none":
-        layers.step_compiler_options = lambda backend: {}
+    apply_step_options(spec.get("step_options"))
     dtype = jnp.bfloat16 if spec["dtype"] == "bfloat16" else jnp.float32
     c = hw6_config(spec["loss"], spec["batch"], spec["critic_loop"])
     config_lib.validate(c)
@@ -495,13 +494,31 @@ def apply_layer_knobs(knobs: dict) -> None:
             setattr(layers, name, int(knobs[key]))
 
 
+STEP_OPTIONS = ("auto", "none", "off")
+
+
+def apply_step_options(choice: str | None) -> None:
+    """How the step is compiled: 'auto' (or None) as jaxgan.train does
+    (`layers.step_compiler_options`), 'none' with XLA's default options (YNNPACK wherever the
+    jaxlib uses it), 'off' without YNNPACK at all (`layers._WITHOUT_YNNPACK`, the option that
+    jaxlib >= 0.12 gets; jaxlib 0.10 on AMD keeps YNNPACK's reductions)."""
+    from jaxgan import layers
+
+    if choice == "none":
+        layers.step_compiler_options = lambda backend: {}
+    elif choice == "off":
+        layers.step_compiler_options = lambda backend: dict(layers._WITHOUT_YNNPACK)
+    elif choice not in (None, "auto"):
+        raise ValueError(f"step options must be one of {', '.join(STEP_OPTIONS)}, got {choice!r}")
+
+
 SPEED_GOAL = {"cpu": 1.2, "gpu": 2.0}  # issue 5: jaxgan's speed over torch eager (+ AMP on GPU)
 # --variants keys (jaxgan only) and their allowed values (None: any; int: an integer); the
 # same choices as the command-line options of those names
 VARIANT_KEYS = {"upsample": ("auto", "phase", "subpixel", "transpose"),
                 "critic_loop": ("auto", "scan", "unrolled"), "xla_flags": None,
                 "conv": ("auto", "fast", "table", "xla"), **dict.fromkeys(LAYER_KNOBS, int),
-                "step_options": ("auto", "none"), "preload": None,
+                "step_options": STEP_OPTIONS, "preload": None,
                 "keep_memory": ("0", "1")}
 # how a worker process starts or allocates, so valid for any implementation
 PROCESS_KEYS = {"preload", "keep_memory"}

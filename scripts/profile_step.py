@@ -276,9 +276,10 @@ def main(argv=None) -> int:
     p.add_argument("--command_buffers", action="store_true",
                    help="GPU: keep XLA's command buffers (CUDA graphs) while profiling; by "
                         "default they are off, so that every kernel names its HLO operation")
-    p.add_argument("--step_options", choices=("auto", "none"), default="auto",
+    p.add_argument("--step_options", choices=("auto", "none", "off"), default="auto",
                    help="auto: compile the step as jaxgan.train does "
-                        "(layers.step_compiler_options); none: XLA's default options")
+                        "(layers.step_compiler_options); none: XLA's default options; off: "
+                        "no YNNPACK at all")
     p.add_argument("--layer_knob", action="append", default=[], metavar="KEY=N",
                    help="set a jaxgan.layers threshold before compiling, as benchmark.py's "
                         "--variants keys do (e.g. thin_gemm_max_channels=16); repeatable")
@@ -298,7 +299,7 @@ def main(argv=None) -> int:
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
     import jax
 
-    from benchmark import jax_gemm_gflops
+    from benchmark import apply_step_options, jax_gemm_gflops
     from jaxgan import host_memory, layers
 
     host_memory.keep_freed_memory()  # as jaxgan.train runs; before the first computation
@@ -306,8 +307,7 @@ def main(argv=None) -> int:
         print("error: without --device gpu, profile_step.py reads XLA:CPU thunk events; "
               "run it on CPU", file=sys.stderr)
         return 2
-    if args.step_options == "none":
-        layers.step_compiler_options = lambda backend: {}
+    apply_step_options(args.step_options)
     state, step, data, hlo = _compiled(args)
     ops = op_flops(hlo)
     untimed = launch_timed(ops)

@@ -85,3 +85,23 @@ def test_a_worker_whose_preload_did_not_load_fails_instead_of_timing_the_default
                if line.startswith("jaxgan[preload="))
     assert ("failed: RuntimeError: LD_PRELOAD library not loaded: "
             "libjaxgan_no_such_allocator.so") in row
+
+
+def test_step_options_compile_the_step_as_train_does_with_xla_defaults_or_without_ynnpack(
+        monkeypatch):
+    """The variant key and profile_step's --step_options: 'off' is the no-YNNPACK option that
+    jaxlib 0.10 on AMD had before it kept YNNPACK's reductions, for A/B runs of the two."""
+    from jaxgan import layers
+
+    monkeypatch.setattr(layers, "step_compiler_options", layers.step_compiler_options)
+    as_train = layers.step_compiler_options("cpu")
+    benchmark.apply_step_options("auto")
+    assert layers.step_compiler_options("cpu") == as_train
+    benchmark.apply_step_options("off")
+    assert layers.step_compiler_options("cpu") == {"xla_cpu_experimental_ynn_fusion_type": ""}
+    benchmark.apply_step_options("none")
+    assert layers.step_compiler_options("cpu") == {}
+    with pytest.raises(ValueError, match="one of auto, none, off"):
+        benchmark.apply_step_options("of")
+    assert benchmark._parse_variants("jaxgan:step_options=off") == [
+        ("jaxgan", {"step_options": "off"})]
