@@ -402,7 +402,7 @@ def cpu_tables(per_op: dict[str, float], hlo: str, untimed: set[str],
     'launch' for one in XLA's Eigen kernels (its event may end before the work does), and
     GB/s of XLA's own fusions and copies, their operands' and result's bytes over their time:
     a fusion far below the others' rate reads an operand in a slow order (session 26: Adam
-    reading a gradient with its channels swapped ran at 9-11 GB/s, 4x slower than from a
+    reading a gradient with its channels swapped ran at 5-12 GB/s, 4x slower than from a
     contiguous one). Events overlap on the threads, so the shares are of their sum."""
     ops, moved, layers_of = op_flops(hlo), op_bytes(hlo), op_layers(hlo)
     summed = max(sum(per_op.values()), 1e-9)
