@@ -319,11 +319,10 @@ def main(argv=None) -> int:
     with gzip.open(path) as f:
         events = [e for e in json.load(f)["traceEvents"] if e.get("ph") == "X"]
 
-    per_op = collections.Counter()
-    for e in events:
-        if is_xla_operation(e["name"]):
-            per_op[e["name"]] += e["dur"] / 1e3 / args.steps  # ms per step
-    summed = sum(per_op.values())
+    # one XLA operation per event, so `per_operation` counts its runs as the GPU's kernels'
+    rows = per_operation([{"op": e["name"], "kernel": e["name"], "ns": e["dur"] * 1e3}
+                          for e in events if is_xla_operation(e["name"])], args.steps)
+    summed = sum(r["ms"] for r in rows)
     print(f"# HW6 {args.loss}, batch {args.batch}, {args.dtype}, {jax.device_count()} CPU "
           f"device(s), {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}; {args.steps} "
           f"profiled step(s)" + "".join(f"; {k}={v}" for k, v in args.knobs.items()))
@@ -335,8 +334,7 @@ def main(argv=None) -> int:
         print(f"# note: {len(untimed)} of {len(ops)} convolutions / dots run in XLA's Eigen "
               "kernels, whose events may time only their launch:\n# no FLOP rate is printed for "
               f"them ('launch'); their work is in the wall time{hint}")
-    rows, lines = cpu_tables(per_op, hlo, untimed, args.top)
-    print("\n".join(lines))
+    print("\n".join(cpu_tables(rows, hlo, untimed, args.top)))
     if args.peak_matmul:
         print(f"\n2048^3 matmul: f32 {jax_gemm_gflops('float32'):.0f} GFLOP/s, "
               f"bf16 {jax_gemm_gflops('bfloat16'):.0f} GFLOP/s")
@@ -393,10 +391,31 @@ def _compiled(args):
     return state, step, data, hlo
 
 
-def cpu_tables(per_op: dict[str, float], hlo: str, untimed: set[str],
-               top: int) -> tuple[list[dict], list[str]]:
-    """The CPU report from the trace's ms per step of each XLA operation (`per_op`) and the
-    compiled step's HLO: (rows for the --json table, slowest first; the printed lines).
+def _annotate(rows: list[dict], hlo: str, no_layer: str) -> collections.Counter:
+    """Adds desc and gflops (a convolution or dot), gbytes (else XLA's own kernel: its
+    operands and result), layer and pass to `per_operation`'s rows from the compiled HLO; returns
+    ms per step by layer and pass (`no_layer` for an operation without a JAX name)."""
+    ops, layers_of, moved = op_flops(hlo), op_layers(hlo), op_bytes(hlo)
+    by_layer = collections.Counter()
+    for r in rows:
+        row_flops, r["desc"] = ops.get(r["op"], (0.0, ""))
+        r["gflops"] = row_flops / 1e9
+        r["gbytes"] = 0.0 if row_flops else moved.get(r["op"], 0) / 1e9
+        r["layer"], r["pass"] = layers_of.get(r["op"], (no_layer, ""))
+        by_layer[f"{r['layer']} {r['pass']}".strip()] += r["ms"]
+    return by_layer
+
+
+def _memory_traffic(rows: list[dict]) -> tuple[float, float]:
+    """(ms, GB) per step of the annotated rows that are XLA's own kernels."""
+    memory = [r for r in rows if r["gbytes"]]
+    return sum(r["ms"] for r in memory), sum(r["gbytes"] * r["runs"] for r in memory)
+
+
+def cpu_tables(rows: list[dict], hlo: str, untimed: set[str], top: int) -> list[str]:
+    """The CPU report's lines from `per_operation`'s rows of the trace's XLA operations and the
+    compiled step's HLO. Adds desc, gflops, gbytes, layer, pass and launch_only to each row
+    (the --json table).
 
     Rates: GFLOP/s of a convolution or dot that YNNPACK ran (its event times the work),
     'launch' for one in XLA's Eigen kernels (its event may end before the work does), and
@@ -404,28 +423,22 @@ def cpu_tables(per_op: dict[str, float], hlo: str, untimed: set[str],
     a fusion far below the others' rate reads an operand in a slow order (session 26: Adam
     reading a gradient with its channels swapped ran at 5-12 GB/s, 4x slower than from a
     contiguous one). Events overlap on the threads, so the shares are of their sum."""
-    ops, moved, layers_of = op_flops(hlo), op_bytes(hlo), op_layers(hlo)
-    summed = max(sum(per_op.values()), 1e-9)
-    rows, by_kind, by_layer = [], collections.Counter(), collections.Counter()
-    for name, ms in sorted(per_op.items(), key=lambda kv: -kv[1]):
-        flops, desc = ops.get(name, (0.0, ""))
-        layer, pass_ = layers_of.get(name, ("(no JAX name)", ""))
-        rows.append({"op": name, "ms": ms, "gflops": flops / 1e9, "desc": desc,
-                     "launch_only": name in untimed,
-                     "gbytes": 0.0 if flops else moved.get(name, 0) / 1e9,
-                     "layer": layer, "pass": pass_})
-        by_kind[re.sub(r"\.\d+$", "", name)] += ms
-        by_layer[f"{layer} {pass_}".strip()] += ms
+    by_layer = _annotate(rows, hlo, "(no JAX name)")
+    summed = max(sum(r["ms"] for r in rows), 1e-9)
+    by_kind = collections.Counter()
+    for r in rows:
+        r["launch_only"] = r["op"] in untimed
+        by_kind[re.sub(r"\.\d+$", "", r["op"])] += r["ms"]
     lines = ["", "## by kind (ms/step, share of the summed events)"]
     lines += [f"{ms:9.1f}  {100 * ms / summed:5.1f}%  {kind}" for kind, ms in
               by_kind.most_common(12)]
     timed = [r for r in rows if r["gflops"] and not r["launch_only"]]
     if timed:
-        conv_ms, conv_gflops = sum(r["ms"] for r in timed), sum(r["gflops"] for r in timed)
+        conv_ms = sum(r["ms"] for r in timed)
+        conv_gflops = sum(r["gflops"] * r["runs"] for r in timed)
         lines += ["", f"convolutions and dots in YNNPACK: {conv_ms:.0f} ms/step, "
                   f"{conv_gflops:.1f} GFLOP, {conv_gflops / max(conv_ms, 1e-9) * 1e3:.0f} GFLOP/s"]
-    memory = [r for r in rows if r["gbytes"]]
-    memory_ms, memory_gb = sum(r["ms"] for r in memory), sum(r["gbytes"] for r in memory)
+    memory_ms, memory_gb = _memory_traffic(rows)
     lines += ["", f"XLA's own fusions and copies: {memory_ms:.1f} ms/step, {memory_gb:.2f} GB/step "
               f"of operands and results, {memory_gb / max(memory_ms, 1e-9) * 1e3:.1f} GB/s "
               "while they run"]
@@ -437,10 +450,11 @@ def cpu_tables(per_op: dict[str, float], hlo: str, untimed: set[str],
               "dot, 'launch' in Eigen, GB/s of a fusion's operands and result)"]
     for r in rows[:top]:
         rate = ("  launch" if r["launch_only"] else
-                f"{r['gflops'] / r['ms'] * 1e3:5.0f} GF" if r["gflops"] else
-                f"{r['gbytes'] / r['ms'] * 1e3:5.1f} GB" if r["gbytes"] else "       -")
+                f"{r['gflops'] * r['runs'] / r['ms'] * 1e3:5.0f} GF" if r["gflops"] else
+                f"{r['gbytes'] * r['runs'] / r['ms'] * 1e3:5.1f} GB" if r["gbytes"] else
+                "       -")
         lines.append(f"{r['ms']:7.1f} {rate}  {r['op']:<28} {r['desc'] or r['layer']}")
-    return rows, lines
+    return lines
 
 
 def gpu_tables(rows: list[dict], hlo: str, top: int) -> list[str]:
@@ -448,25 +462,18 @@ def gpu_tables(rows: list[dict], hlo: str, top: int) -> list[str]:
     convolutions and dots (their FLOP rate) and in XLA's own fusions (their bandwidth), by kind,
     by model layer and pass, and the slowest operations. Adds desc, gflops, gbytes, layer and
     pass to each row (the --json table)."""
-    ops, layers_of, moved = op_flops(hlo), op_layers(hlo), op_bytes(hlo)
+    by_layer = _annotate(rows, hlo, "(not one HLO operation)")
     summed = sum(r["ms"] for r in rows)
-    by_kind, by_layer = collections.Counter(), collections.Counter()
+    by_kind = collections.Counter()
     for r in rows:
-        row_flops, r["desc"] = ops.get(r["op"], (0.0, ""))
-        r["gflops"] = row_flops / 1e9
-        r["gbytes"] = 0.0 if row_flops else moved.get(r["op"], 0) / 1e9
         # XLA's own kernels are named after their fusion (input_reduce_fusion_12); an operation
         # may be a command buffer (a CUDA graph of several fusions), so group by kernel name
         by_kind["convolutions and dots (counted)" if r["gflops"] else
                 re.sub(r"_\d+$", "", next(iter(r["kernels"])))] += r["ms"]
-        r["layer"], r["pass"] = layers_of.get(r["op"], ("(not one HLO operation)", ""))
-        by_layer[f"{r['layer']} {r['pass']}".strip()] += r["ms"]
     counted = [r for r in rows if r["gflops"]]
     conv_ms = sum(r["ms"] for r in counted)
     total_flops = sum(r["gflops"] * r["runs"] for r in counted)
-    memory = [r for r in rows if r["gbytes"]]
-    memory_ms = sum(r["ms"] for r in memory)
-    memory_gb = sum(r["gbytes"] * r["runs"] for r in memory)
+    memory_ms, memory_gb = _memory_traffic(rows)
     lines = [
         f"convolutions and dots: {conv_ms:.2f} ms/step ({100 * conv_ms / max(summed, 1e-9):.0f}% "
         f"of kernel time), {total_flops:.1f} GFLOP/step (all taps), "

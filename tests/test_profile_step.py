@@ -240,7 +240,7 @@ ENTRY %main {{
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="reads XLA:CPU operation names")
 def test_cpu_tables_rate_fusions_by_bandwidth_and_eigen_convolutions_as_launches():
     from jaxgan import layers
-    from profile_step import cpu_tables, launch_timed, op_bytes
+    from profile_step import cpu_tables, launch_timed, op_bytes, per_operation
 
     def f(x, w):
         y = jax.lax.conv_general_dilated(x, w, (1, 1), "SAME",
@@ -255,9 +255,10 @@ def test_cpu_tables_rate_fusions_by_bandwidth_and_eigen_convolutions_as_launches
     # every fusion reads the conv's output (or a fusion of it) and writes as many bytes
     activation = 8 * 16 * 16 * 64 * 4
     assert all(b >= 2 * activation for b in moved.values()), moved
-    per_op = {conv: 0.25, **dict.fromkeys(moved, 0.5)}  # ms per step
-    rows, lines = cpu_tables(per_op, hlo, launch_timed(op_flops(hlo)), top=10)
-    text = "\n".join(lines)
+    per_op = {conv: 0.25, **dict.fromkeys(moved, 0.5)}  # ms per step, one event each
+    rows = per_operation([{"op": op, "kernel": op, "ns": ms * 1e6} for op, ms in per_op.items()],
+                         steps=1)
+    text = "\n".join(cpu_tables(rows, hlo, launch_timed(op_flops(hlo)), top=10))
     by_op = {r["op"]: r for r in rows}
     assert by_op[conv]["launch_only"] and by_op[conv]["gbytes"] == 0.0
     assert f"   0.2   launch  {conv}" in text
