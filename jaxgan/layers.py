@@ -348,9 +348,9 @@ def _phase_conv_transpose(x, kernel, strides, pads, opads, precision, grad_impl)
 #   * input gradients of strided convs: XLA convolves the stride-dilated dy (3/4 zeros for
 #     stride 2) in a generic conv outside YNNPACK. Here they are transposed convs computed by
 #     output phase (`_dx_value`), no multiplies by zeros.
-#   * kernel gradients of thin layers (`DW_GEMM_MAX_CIN`: the critic's first layer, and on
-#     Intel CPUs every layer of <= 64 input channels): a few GEMMs over shifted windows of the
-#     space-to-depth input (`_dw_gemm`).
+#   * kernel gradients of thin layers on Intel CPUs (`DW_GEMM_MAX_CIN`: every layer of <= 64
+#     input channels): a few GEMMs over shifted windows of the space-to-depth input
+#     (`_dw_gemm`).
 #   * WGAN-GP's second order: the penalty differentiates the input gradient of each strided
 #     conv once more w.r.t. the kernel, which XLA derives as a kernel-gradient conv over the
 #     stride-dilated dy. Here it is a kernel gradient like any other (the VJP table below);
@@ -358,7 +358,8 @@ def _phase_conv_transpose(x, kernel, strides, pads, opads, precision, grad_impl)
 # The generator's transposed convs are the same operations read backwards: a transposed conv
 # is the input gradient of a strided conv (`_phase_conv_transpose`).
 # Same sums, different order: values agree with `lax.conv_general_dilated` to float rounding
-# (tests/test_layers.py, first and second order). Forward passes are XLA's own convs.
+# (tests/test_layers.py, first and second order). Forward passes are XLA's own convs, the
+# thinnest strided ones over their space-to-depth input (`S2D_MAX_CIN`).
 
 
 def default_conv_impl(backend: str) -> str:
@@ -472,16 +473,19 @@ def _default_dw_gemm_max_cin() -> int:
     XLA's backward-filter conv. Which is faster depends on the CPU. HW6 steps, same process,
     alternating calls (BUILD_NOTES.md, "Speed and scale"): on an AVX-512 Intel Xeon (session 7)
     <= 64 beat <= 4, gan 1.14 vs 1.24 s, WGAN-GP 6.1 vs 6.7 s; on an AVX-512 AMD EPYC
-    (session 9) <= 4 beat <= 64, gan 1.26 vs 1.48 s, WGAN-GP 5.8 vs 6.2 s."""
-    return 64 if _cpu_vendor() == "GenuineIntel" else 4
+    (session 9) <= 4 beat <= 64, gan 1.26 vs 1.48 s, WGAN-GP 5.8 vs 6.2 s. On a Zen 5 EPYC
+    (session 27) XLA's was faster for the thin layers too, each alone at batch 64: the
+    critic's first layer 3.6 vs 3.9 ms, the generator's last (k5: `_dw_gemm` also multiplies
+    11 zero taps of 36) 4.3 vs 7.8 ms; so AMD CPUs use XLA's throughout."""
+    return 64 if _cpu_vendor() == "GenuineIntel" else 0
 
 
 DW_GEMM_MAX_CIN = _default_dw_gemm_max_cin()
 
 
 def _dw_by_gemm(cin: int) -> bool:
-    """Kernel gradient by `_dw_gemm` rather than XLA's backward-filter conv: thin layers (the
-    critic's first layer everywhere; up to 64 channels on Intel, see above)."""
+    """Kernel gradient by `_dw_gemm` rather than XLA's backward-filter conv: layers of up to
+    64 input channels on Intel CPUs, none on AMD (see above)."""
     return cin <= DW_GEMM_MAX_CIN
 
 
@@ -579,9 +583,15 @@ def _thin_gemm_dw(x, dy, w_shape, pads: Pads, precision):
     return jnp.flip(dw, (0, 1)).astype(x.dtype)
 
 
-def _c_value(x, w, strides, pads, precision):
+def _c_value(x, w, strides, pads, precision, cpu_forms):
+    """Forward value. Strided with few input channels (`S2D_MAX_CIN`), CPU forms: the stride-1
+    conv over the space-to-depth input, whose contraction is s*s times deeper (the HW6 critic's
+    first layer, C_in 3: 1.9 vs 3.8 ms at batch 64 on a Zen 5 EPYC, BUILD_NOTES.md session 27)."""
     if _thin_gemm(w.shape, strides):
         return _thin_gemm_conv(x, w, pads, precision)
+    if cpu_forms and strides != (1, 1) and w.shape[2] <= S2D_MAX_CIN:
+        return _plain_conv(*_space_to_depth_operands(x, w, strides, pads), (1, 1),
+                           ((0, 0), (0, 0)), precision)
     return _plain_conv(x, w, strides, pads, precision)
 
 
@@ -651,7 +661,7 @@ def _dw_value(x, dy, w_shape, strides, pads, precision, cpu_forms):
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
 def _conv(x, w, strides, pads, precision, cpu_forms):
-    return _c_value(x, w, strides, pads, precision)
+    return _c_value(x, w, strides, pads, precision, cpu_forms)
 
 
 def _conv_fwd(x, w, strides, pads, precision, cpu_forms):
@@ -702,17 +712,18 @@ _conv_dx.defvjp(_conv_dx_fwd, _conv_dx_bwd)
 _conv_dw.defvjp(_conv_dw_fwd, _conv_dw_bwd)
 
 
-# Widest input (in channels) of a strided conv that 'table' computes as a stride-1 conv over
-# the space-to-depth input (`_space_to_depth_conv`): the critic's first layer (C_in 3) gives
-# cuDNN's tensor cores 4x the channels and no stride. HW6 bf16 steps at batch 512 on an H200
-# (session 23), 4 against 0 (off): gan 5.89 vs 6.39 ms, WGAN-GP 29.1 vs 32.0 ms.
+# Widest input (in channels) of a strided conv computed as a stride-1 conv over the
+# space-to-depth input: by 'table' with its gradients (`_space_to_depth_conv`), where the
+# critic's first layer (C_in 3) gives cuDNN's tensor cores 4x the channels and no stride (HW6
+# bf16 steps at batch 512 on an H200, session 23, 4 against 0 (off): gan 5.89 vs 6.39 ms,
+# WGAN-GP 29.1 vs 32.0 ms); by 'fast' (CPU) for its forward value only (`_c_value`).
 S2D_MAX_CIN = 4
 
 
-def _space_to_depth_conv(x, w, strides, pads, precision):
-    """A stride-s conv as a stride-1 VALID conv with ceil(k/s) taps over the padded input's
-    space-to-depth form (`_space_to_depth`, as `_dw_gemm` reads it): the same sums (taps past
-    the kernel are zeros), through the VJP table in XLA's own forms."""
+def _space_to_depth_operands(x, w, strides, pads):
+    """A stride-s conv's operands for the stride-1 VALID conv with ceil(k/s) taps over the
+    padded input's space-to-depth form (`_space_to_depth`, as `_dw_gemm` reads it) that
+    computes the same sums (taps past the kernel are zeros)."""
     kh, kw, cin, cout = w.shape
     sh, sw = strides
     (pt, pb), (pl, pr) = pads
@@ -722,8 +733,14 @@ def _space_to_depth_conv(x, w, strides, pads, precision):
     x = _space_to_depth(x, (th, tw), strides, pads, (oh, ow))
     w = jnp.pad(w, ((0, th * sh - kh), (0, tw * sw - kw), (0, 0), (0, 0)))
     w = w.reshape(th, sh, tw, sw, cin, cout).transpose(0, 2, 1, 3, 4, 5)
-    w = w.reshape(th, tw, sh * sw * cin, cout)
-    return _conv(x, w, (1, 1), ((0, 0), (0, 0)), precision, False)
+    return x, w.reshape(th, tw, sh * sw * cin, cout)
+
+
+def _space_to_depth_conv(x, w, strides, pads, precision):
+    """The strided conv over its space-to-depth operands, through the VJP table in XLA's own
+    forms ('table': its gradients are those of the stride-1 conv)."""
+    return _conv(*_space_to_depth_operands(x, w, strides, pads), (1, 1), ((0, 0), (0, 0)),
+                 precision, False)
 
 
 def conv2d(x: Array, kernel: Array, strides: IntOr2 = 1, padding: Any = "VALID",
