@@ -581,6 +581,15 @@ def _label(impl: str, kv: dict) -> str:
     return impl + ("[" + ",".join(f"{k}={v}" for k, v in kv.items()) + "]" if kv else "")
 
 
+def torch_interpreter() -> str:
+    """This interpreter if it imports torch, else FALLBACK_TORCH_PYTHON where that exists
+    (torch is a benchmark-only extra, often in a venv of its own)."""
+    probe = subprocess.run([sys.executable, "-c", "import torch"], capture_output=True)
+    if probe.returncode != 0 and os.path.exists(FALLBACK_TORCH_PYTHON):
+        return FALLBACK_TORCH_PYTHON
+    return sys.executable
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -626,11 +635,7 @@ def main(argv=None) -> int:
     except ValueError as e:
         ap.error(str(e))
 
-    torch_python = args.torch_python or sys.executable
-    if not args.torch_python:
-        probe = subprocess.run([sys.executable, "-c", "import torch"], capture_output=True)
-        if probe.returncode != 0 and os.path.exists(FALLBACK_TORCH_PYTHON):
-            torch_python = FALLBACK_TORCH_PYTHON
+    torch_python = args.torch_python or torch_interpreter()
     log_path = args.log or os.path.join("/tmp", f"jaxgan_benchmark_{os.getpid()}.log")
     log = open(log_path, "w")
     path = os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")]))
