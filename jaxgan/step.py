@@ -93,17 +93,18 @@ def make_train_step(generator, critic, g_tx, d_tx, config,
     loop = loop_kind(config.train.critic_loop)
     critic_loop = scan_or_unroll(loop)
 
-    def shard(x):
-        return x if batch_sharding is None else jax.lax.with_sharding_constraint(x, batch_sharding)
+    # The new state goes back on every device, as the old one was: left to sharding
+    # propagation, some versions of jax (0.6) split small leaves (a bias of zero gradient)
+    # over 'data', and the next call then recompiles, or fails if compiled ahead of time.
+    replicated = (None if batch_sharding is None else
+                  jax.sharding.NamedSharding(batch_sharding.mesh, jax.sharding.PartitionSpec()))
 
-    def replicate(tree):
-        """The new state on every device, as the old one was: left to sharding propagation, some
-        versions of jax (0.6) split small leaves (a bias of zero gradient) over 'data', and the
-        next call then recompiles, or fails if compiled ahead of time."""
-        if batch_sharding is None:
-            return tree
-        everywhere = jax.sharding.NamedSharding(batch_sharding.mesh, jax.sharding.PartitionSpec())
-        return jax.lax.with_sharding_constraint(tree, everywhere)
+    def laid_out(tree, sharding):
+        """tree constrained to `sharding` (as it is without a mesh)."""
+        return tree if sharding is None else jax.lax.with_sharding_constraint(tree, sharding)
+
+    def shard(x):
+        return laid_out(x, batch_sharding)
 
     def critic_update(state: GANState, data: dict, step_key, data_key, i):
         k_z, k_eps, k_sample = jax.random.split(jax.random.fold_in(step_key, i), 3)
@@ -213,7 +214,7 @@ def make_train_step(generator, critic, g_tx, d_tx, config,
         state = state_lib.update_averages(state, ema_decay)
         metrics = {k: jnp.mean(v) for k, v in d_metrics.items()}
         metrics.update(g_metrics)
-        return replicate(state.replace(step=state.step + 1)), metrics
+        return laid_out(state.replace(step=state.step + 1), replicated), metrics
 
     return train_step
 
