@@ -184,11 +184,14 @@ def _check_images(x: np.ndarray) -> None:
             "convert [-1, 1] floats with jaxgan.images.to_uint8")
 
 
-def load_real_images(config) -> np.ndarray | None:
-    """Every real image the recipe's data group names. Scoring takes no training batches, so a
-    folder smaller than train.batch_size is still a reference set."""
+def load_real_images(config, split: str | None = None) -> np.ndarray | None:
+    """Every real image the recipe's data group names, or all of `split` (no data.limit) when
+    given. Scoring takes no training batches, so a folder smaller than train.batch_size is
+    still a reference set."""
     config = config.copy_and_resolve_references()
     config.train.batch_size = 1
+    if split is not None:
+        config.data.split, config.data.limit = split, 0
     return data_lib.load(config).images
 
 
@@ -597,9 +600,7 @@ def run_evaluation(*, workdir: str = "", samples_path: str = "", real_split: str
         raise EvaluateError("give --workdir DIR (a training run), --samples FILE.npz, or "
                             "--dataset NAME --real_split SPLIT")
     if real_split:
-        real_config = config.copy_and_resolve_references()
-        real_config.data.split, real_config.data.limit = real_split, 0
-        samples = load_real_images(real_config)
+        samples = load_real_images(config, split=real_split)
         if samples is None:
             raise EvaluateError(f"{config.data.name!r} has no real images to score; sample "
                                 "points from a checkpoint instead")
