@@ -261,6 +261,9 @@ def busy_ns(kernels: list[dict]) -> float:
 
 
 def main(argv=None) -> int:
+    sys.path[:0] = [HERE, os.path.dirname(HERE)]  # benchmark.py and jaxgan, for what follows
+    from benchmark import STEP_OPTIONS
+
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--loss", choices=("gan", "wgan-gp"), default="gan")
     p.add_argument("--batch", type=int, default=64)
@@ -276,7 +279,7 @@ def main(argv=None) -> int:
     p.add_argument("--command_buffers", action="store_true",
                    help="GPU: keep XLA's command buffers (CUDA graphs) while profiling; by "
                         "default they are off, so that every kernel names its HLO operation")
-    p.add_argument("--step_options", choices=("auto", "none", "off"), default="auto",
+    p.add_argument("--step_options", choices=STEP_OPTIONS, default="auto",
                    help="auto: compile the step as jaxgan.train does "
                         "(layers.step_compiler_options); none: XLA's default options; off: "
                         "no YNNPACK at all")
@@ -287,7 +290,6 @@ def main(argv=None) -> int:
                    help="print the GPU tables again from a --json table and a --save_hlo file "
                         "of an earlier --device gpu run, without running anything")
     args = p.parse_args(argv)
-    sys.path[:0] = [HERE, os.path.dirname(HERE)]  # benchmark.py and jaxgan, for what follows
     args.knobs = _parse_knobs(p, args.layer_knob)
 
     if args.replay:
