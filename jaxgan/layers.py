@@ -452,8 +452,7 @@ def _use_custom_vjp(cin: int, cout: int, strides: tuple[int, int]) -> bool:
     generator's transposed convs read backwards), few input channels (critic layer 1) and wide
     stride-1 outputs (the 'subpixel' upsampling's convs), and thin stride-1 convs where they
     are computed as GEMMs (`THIN_GEMM_MAX_CHANNELS`). Others are plain lax convs."""
-    return (cin <= 4 or strides != (1, 1) or cout >= 128
-            or min(cin, cout) <= THIN_GEMM_MAX_CHANNELS)
+    return cin <= 4 or strides != (1, 1) or cout >= 128 or _thin_gemm((cin, cout), strides)
 
 
 def _cpu_vendor() -> str:
@@ -521,7 +520,8 @@ THIN_GEMM_MAX_CHANNELS = 0
 
 
 def _thin_gemm(w_shape, strides) -> bool:
-    return strides == (1, 1) and min(w_shape[2], w_shape[3]) <= THIN_GEMM_MAX_CHANNELS
+    """A stride-1 conv computed as GEMMs; w_shape ends with (C_in, C_out)."""
+    return strides == (1, 1) and min(w_shape[-2:]) <= THIN_GEMM_MAX_CHANNELS
 
 
 def _windows(x, taps, pads: Pads, out_hw):
