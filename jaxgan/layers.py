@@ -398,16 +398,19 @@ def step_compiler_options(backend: str) -> dict[str, str]:
     On a Zen 5 EPYC (session 26) the HW6 gan step took 626 ms without YNNPACK, 562 ms with its
     reductions, 673 ms with XLA's default; WGAN-GP 3193 vs 3070 ms. On session 18's older
     EPYC the same change was within noise (gan 1542 vs 1459 and 1555 vs 1541 ms, WGAN-GP
-    7312 vs 7546 ms). Under jaxlib 0.12 it was faster too (gan 622 vs 573 ms, WGAN-GP 3084 vs
-    2928 ms on the Zen 5 EPYC), but there YNNPACK's reduce undid `host_memory`'s kept memory
-    on a busy box (a 64 MB scratch faulted in afresh in 1-5 of 5 calls), so jaxlib >= 0.12
-    keeps YNNPACK off altogether.
+    7312 vs 7546 ms). Under jaxlib 0.12 on AMD too (the Zen 5 EPYC: gan 622 vs 573 ms, WGAN-GP
+    3084 vs 2928 ms in session 26; gan 673 vs 600 ms in session 27). There the step keeps
+    `host_memory`'s kept memory (a few thousand page faults in an odd step, against ~60k
+    without it), though a small program that ends in YNNPACK's reduce can fault its whole
+    scratch in afresh in an odd call on a busy box. Intel under jaxlib >= 0.12: no YNNPACK
+    (its reductions there not measured).
     """
     if backend != "cpu":
         return {}
-    if _amd_with_jaxlib_0_10():
+    version = jaxlib_version()[:2]
+    if _cpu_vendor() == "AuthenticAMD" and (version == (0, 10) or version >= (0, 12)):
         return dict(_YNNPACK_REDUCTIONS_ONLY)
-    if jaxlib_version() >= (0, 12):
+    if version >= (0, 12):
         return dict(_WITHOUT_YNNPACK)
     return {}
 

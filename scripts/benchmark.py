@@ -501,7 +501,8 @@ def apply_step_options(choice: str | None) -> None:
     """How the step is compiled: 'auto' (or None) as jaxgan.train does
     (`layers.step_compiler_options`), 'none' with XLA's default options (YNNPACK wherever the
     jaxlib uses it), 'off' without YNNPACK at all (`layers._WITHOUT_YNNPACK`, the option that
-    jaxlib >= 0.12 gets; jaxlib 0.10 on AMD keeps YNNPACK's reductions)."""
+    Intel CPUs get under jaxlib >= 0.12; AMD ones under 0.10 and >= 0.12 keep YNNPACK's
+    reductions)."""
     from jaxgan import layers
 
     if choice == "none":
