@@ -68,3 +68,16 @@ def test_bad_arguments_are_a_one_line_error(args, needle):
                          timeout=60, env=ENV)
     assert out.returncode == 2 and needle in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_a_torch_worker_without_torch_is_a_one_line_error():
+    try:
+        import torch  # noqa: F401
+        pytest.skip("torch is installed here: the worker would run")
+    except ImportError:
+        pass
+    out = subprocess.run([sys.executable, SCRIPT, "--impls", "torch", "--torch_python",
+                          sys.executable, "--batch", "2"],
+                         capture_output=True, text=True, timeout=60, env=ENV)
+    assert out.returncode == 1 and "No module named 'torch'" in out.stderr
+    assert "Traceback" not in out.stderr  # the worker's traceback went to its log
