@@ -476,9 +476,9 @@ def _default_dw_gemm_max_cin() -> int:
     alternating calls (BUILD_NOTES.md, "Speed and scale"): on an AVX-512 Intel Xeon (session 7)
     <= 64 beat <= 4, gan 1.14 vs 1.24 s, WGAN-GP 6.1 vs 6.7 s; on an AVX-512 AMD EPYC
     (session 9) <= 4 beat <= 64, gan 1.26 vs 1.48 s, WGAN-GP 5.8 vs 6.2 s. On a Zen 5 EPYC
-    (session 27) XLA's was faster for the thin layers too, each alone at batch 64: the
-    critic's first layer 3.6 vs 3.9 ms, the generator's last (k5: `_dw_gemm` also multiplies
-    11 zero taps of 36) 4.3 vs 7.8 ms; so AMD CPUs use XLA's throughout."""
+    (session 27) XLA's was as fast or faster for the thin layers too, each alone at batch 64:
+    the critic's first layer 3.55 vs 3.51 ms, the generator's last (k5: `_dw_gemm` also
+    multiplies 11 zero taps of 36) 4.1 vs 7.0 ms; so AMD CPUs use XLA's throughout."""
     return 64 if _cpu_vendor() == "GenuineIntel" else 0
 
 
@@ -589,7 +589,7 @@ def _thin_gemm_dw(x, dy, w_shape, pads: Pads, precision):
 def _c_value(x, w, strides, pads, precision, cpu_forms):
     """Forward value. Strided with few input channels (`S2D_MAX_CIN`), CPU forms: the stride-1
     conv over the space-to-depth input, whose contraction is s*s times deeper (the HW6 critic's
-    first layer, C_in 3: 1.9 vs 3.8 ms at batch 64 on a Zen 5 EPYC, BUILD_NOTES.md session 27)."""
+    first layer, C_in 3: 1.8 vs 3.3 ms at batch 64 on a Zen 5 EPYC, BUILD_NOTES.md session 27)."""
     if _thin_gemm(w.shape, strides):
         return _thin_gemm_conv(x, w, pads, precision)
     if cpu_forms and strides != (1, 1) and w.shape[2] <= S2D_MAX_CIN:
