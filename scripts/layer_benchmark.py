@@ -19,8 +19,8 @@ shows. Each library runs in its own worker process and the parent alternates the
 round (--rounds), each round timing every pass --calls times (its first call, compiling or
 warming up, is made once before); a cell is the median over rounds of each round's median.
 "per gan step" weighs each pass by how often one HW6 gan step runs it: critic forward 3 (real,
-fake, the generator's update), kernel gradient 2, input gradient 3 (the first layer's 1: only the generator's update needs the image's gradient);
-generator forward 2, each gradient 1. Convolutions only: normalisation, activations and the
+fake, the generator's update), kernel gradient 2, input gradient 3 (the first layer's 1: only
+the generator's update needs the image's gradient); generator forward 2, each gradient 1. Convolutions only: normalisation, activations and the
 optimizer are in benchmark.py's step time, and XLA may overlap or fuse differently inside the
 step.
 """
