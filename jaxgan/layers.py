@@ -411,11 +411,17 @@ def step_compiler_options(backend: str) -> dict[str, str]:
     if _cpu_vendor() == "AuthenticAMD" and (version == (0, 10) or version >= (0, 12)):
         return dict(_YNNPACK_REDUCTIONS_ONLY)
     if version >= (0, 12):
-        return dict(_WITHOUT_YNNPACK)
+        return without_ynnpack()
     return {}
 
 
 _WITHOUT_YNNPACK = {"xla_cpu_experimental_ynn_fusion_type": ""}
+
+
+def without_ynnpack() -> dict[str, str]:
+    """XLA options for a CPU program without YNNPACK. jaxlibs before 0.10 (0.8) have no
+    YNNPACK fusions and reject the option ('No such compile option'): nothing to ask there."""
+    return dict(_WITHOUT_YNNPACK) if jaxlib_version() >= (0, 10) else {}
 # the enum's full name: through `compiler_options` XLA parses no short form ('reduce')
 _YNNPACK_REDUCTIONS_ONLY = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_REDUCE"}
 
@@ -435,7 +441,7 @@ def sampler_compiler_options(backend: str) -> dict[str, str]:
     jaxlib 0.10 on AMD drops it; elsewhere XLA's default stays.
     """
     if backend == "cpu" and _amd_with_jaxlib_0_10():
-        return dict(_WITHOUT_YNNPACK)
+        return without_ynnpack()
     return {}
 
 

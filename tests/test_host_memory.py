@@ -17,15 +17,14 @@ pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"),
 # YNNPACK: with its reduce at the end, this small program faulted its whole scratch in afresh
 # in some runs under jaxlib 0.12 on AMD even with the setting (3 of 14 runs of 5 calls; with a
 # tanh after the sum 2 of 8, one of them on every call), while the HW6 step compiled with
-# YNNPACK's reductions kept its memory
-# (BUILD_NOTES.md, session 27).
+# YNNPACK's reductions kept its memory (BUILD_NOTES.md, session 27).
 PROGRAM = """
 import resource, sys
 from jaxgan import host_memory
 kept = host_memory.keep_freed_memory()
 import jax, jax.numpy as jnp
 from jaxgan import layers
-f = jax.jit(lambda x, w: jnp.sum(jnp.sin(x) @ w), compiler_options=layers._WITHOUT_YNNPACK)
+f = jax.jit(lambda x, w: jnp.sum(jnp.sin(x) @ w), compiler_options=layers.without_ynnpack())
 x, w = jnp.ones((4096, 4096)), jnp.ones((4096, 8))
 for _ in range(3):
     jax.block_until_ready(f(x, w))

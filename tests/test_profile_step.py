@@ -44,7 +44,7 @@ def test_only_ynnpack_calls_count_as_timed_work():
                                             dimension_numbers=("NHWC", "HWIO", "NHWC")).sum()
 
     args = (jnp.ones((8, 16, 16, 64)), jnp.ones((3, 3, 64, 64)))  # big enough for YNNPACK
-    without = op_flops(jax.jit(f, compiler_options=layers._WITHOUT_YNNPACK)
+    without = op_flops(jax.jit(f, compiler_options=layers.without_ynnpack())
                        .lower(*args).compile().as_text())
     assert len(without) == 1
     assert launch_timed(without) == set(without)
@@ -248,7 +248,7 @@ def test_cpu_tables_rate_fusions_by_bandwidth_and_eigen_convolutions_as_launches
         return jnp.tanh(y).transpose(3, 1, 2, 0) * 2
 
     args = (jnp.ones((8, 16, 16, 64)), jnp.ones((3, 3, 64, 64)))
-    hlo = jax.jit(f, compiler_options=layers._WITHOUT_YNNPACK).lower(*args).compile().as_text()
+    hlo = jax.jit(f, compiler_options=layers.without_ynnpack()).lower(*args).compile().as_text()
     [conv] = op_flops(hlo)
     moved = op_bytes(hlo)
     assert moved and conv not in moved
