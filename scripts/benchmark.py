@@ -394,15 +394,37 @@ def _serve(send, info, run, memory, steps) -> None:
             return
 
 
-def worker_main(spec_json: str) -> None:
-    spec = json.loads(spec_json)
+def protocol_send():
+    """A worker's side of the line protocol: its stdout carries only '@@' + JSON lines, library
+    chatter goes to stderr (the worker log). Returns send(obj)."""
     out = sys.stdout
-    sys.stdout = sys.stderr  # library chatter must not corrupt the protocol
+    sys.stdout = sys.stderr
 
     def send(obj):
         out.write("@@" + json.dumps(obj) + "\n")
         out.flush()
 
+    return send
+
+
+def error_text(e: BaseException) -> str:
+    """A worker's error in one line for the parent: its type and first line."""
+    return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]
+
+
+def read_message(proc) -> dict:
+    """The next '@@' message from a worker process; {'error': ...} when it exited instead."""
+    while True:
+        line = proc.stdout.readline()
+        if not line:
+            return {"error": f"worker exited (code {proc.wait()}); see the log"}
+        if line.startswith("@@"):
+            return json.loads(line[2:])
+
+
+def worker_main(spec_json: str) -> None:
+    spec = json.loads(spec_json)
+    send = protocol_send()
     sys.path.insert(0, REPO)  # jaxgan, for either implementation (host_memory)
     try:
         if os.environ.get("LD_PRELOAD") and os.path.exists("/proc/self/maps"):
@@ -418,7 +440,7 @@ def worker_main(spec_json: str) -> None:
         import traceback
 
         traceback.print_exc()
-        send({"error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]})
+        send({"error": error_text(e)})
 
 
 # ----------------------------------------------------------------------------- parent
@@ -439,12 +461,7 @@ class Worker:
         self.memory: dict = {}
 
     def recv(self) -> dict:
-        while True:
-            line = self.proc.stdout.readline()
-            if not line:
-                return {"error": f"worker exited (code {self.proc.wait()}); see the log"}
-            if line.startswith("@@"):
-                return json.loads(line[2:])
+        return read_message(self.proc)
 
     def start(self) -> None:
         msg = self.recv()

@@ -36,6 +36,8 @@ import time
 
 import numpy as np
 
+import benchmark  # scripts/ (this script's directory): the worker line protocol
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 PASSES = ("fwd", "dx", "dw")
@@ -104,7 +106,6 @@ def jax_passes(layer: dict, batch: int) -> dict:
     """pass -> (run(): blocks until done, the output's sum of squares)."""
     import jax
 
-    sys.path.insert(0, REPO)
     from jaxgan import layers
 
     x, w, dy = (jax.device_put(a) for a in layer_data(layer, batch))
@@ -164,13 +165,7 @@ def torch_passes(layer: dict, batch: int) -> dict:
 
 def worker_main(impl: str, batch: int, calls: int, threads: int, names: list[str]) -> None:
     """Line protocol: after {'ready': sums}, each 'round' on stdin -> {'t': {layer: {pass: s}}}."""
-    out = sys.stdout
-    sys.stdout = sys.stderr  # library chatter must not corrupt the protocol
-
-    def send(obj):
-        out.write("@@" + json.dumps(obj) + "\n")
-        out.flush()
-
+    send = benchmark.protocol_send()
     try:
         if impl == "torch":
             import torch
@@ -189,7 +184,7 @@ def worker_main(impl: str, batch: int, calls: int, threads: int, names: list[str
         import traceback
 
         traceback.print_exc()
-        send({"error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]})
+        send({"error": benchmark.error_text(e)})
         return
     send({"ready": {n: {k: v[1] for k, v in p.items()} for n, p in passes.items()}})
     for line in sys.stdin:
@@ -211,13 +206,10 @@ class Worker:
         self.sums = self._recv()["ready"]
 
     def _recv(self) -> dict:
-        for line in self.proc.stdout:
-            if line.startswith("@@"):
-                msg = json.loads(line[2:])
-                if "error" in msg:
-                    raise RuntimeError(f"{self.impl} worker: {msg['error']}")
-                return msg
-        raise RuntimeError(f"{self.impl} worker exited (code {self.proc.wait()}); see its log")
+        msg = benchmark.read_message(self.proc)
+        if "error" in msg:
+            raise RuntimeError(f"{self.impl} worker: {msg['error']}")
+        return msg
 
     def round(self) -> None:
         self.proc.stdin.write("round\n")
@@ -295,9 +287,6 @@ def main(argv=None) -> int:
                  f"implementations: {', '.join(IMPLS)}; layers: {', '.join(all_names)}")
     if min(args.batch, args.rounds, args.calls, args.threads) < 1:
         ap.error("--batch, --rounds, --calls and --threads must be at least 1")
-    sys.path.insert(0, HERE)
-    import benchmark
-
     torch_python = args.torch_python or benchmark.torch_interpreter()
     log_path = args.log or os.path.join("/tmp", f"jaxgan_layer_benchmark_{os.getpid()}.log")
     path = os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")]))
