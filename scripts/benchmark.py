@@ -19,6 +19,8 @@ trace + lower + XLA compile of the step; torch.compile: the first step minus a n
 peak memory (CPU: the worker's peak RSS, and its rise over the worker's RSS before the models
 were built; GPU: peak device bytes), and speed ratios: "vs torch-eager" = torch-eager time /
 this variant's time (the jaxgan row is the issue's goal, >= 1.2 on CPU), "vs jaxgan" likewise.
+Below the table, each variant's speed against torch eager round by round (the median of those
+ratios), and the ratio of the two variants' fastest repeats (their quietest moment).
 
 Data: random uint8 images resident on the device, gathered by index inside the step for both
 (the step is measured, not the input pipeline). FLOPs (GPU MFU, or whenever --peak_tflops is
@@ -709,6 +711,17 @@ def _ratio(v: float, width: int) -> str:
     return f"{v:>{width - 1}.2f}x" if v == v else f"{'-':>{width}}"
 
 
+def paired_speedups(ref_times: list[float], times: list[float]) -> dict:
+    """A variant's speed against the reference, repeat by repeat. The repeats are interleaved
+    round-robin, so round i's two times saw the same machine: the median of the per-round
+    ratios resists a drift that the ratio of medians absorbs, and the fastest repeats' ratio is
+    the two on the quietest machine this run saw (a load spike can slow one library's threads
+    more than the other's)."""
+    rounds = [r / t for r, t in zip(ref_times, times)]
+    return {"per_round": rounds, "median_of_rounds": statistics.median(rounds),
+            "fastest": min(ref_times) / min(times)}
+
+
 def _report(loss: str, workers, args) -> list[dict]:
     n_critic = 5 if loss == "wgan-gp" else 1
     flops = next((w.info.get("flops") for w in workers if w.info.get("flops")), None)
@@ -769,6 +782,14 @@ def _report(loss: str, workers, args) -> list[dict]:
         if w.times:
             extra.append(f"{w.name}: ms/step per repeat "
                          + " ".join(f"{1e3 * x:.0f}" for x in w.times))
+        torch_eager = next((v for v in workers if v.name == "torch-eager" and v.times), None)
+        if w.times and torch_eager and w is not torch_eager:
+            pair = paired_speedups(torch_eager.times, w.times)
+            next(r for r in rows if r["variant"] == w.name)["paired_vs_torch_eager"] = pair
+            extra.append(f"{w.name}: vs torch-eager per round "
+                         + " ".join(f"{x:.2f}" for x in pair["per_round"])
+                         + f" (median {pair['median_of_rounds']:.2f}x); fastest repeats "
+                         f"{pair['fastest']:.2f}x")
         if w.info.get("gemm_gflops"):
             extra.append(f"{w.name}: {_gemm_n(args.device)}^3 {args.dtype} matmul "
                          f"{w.info['gemm_gflops']:.0f} GFLOP/s")

@@ -105,3 +105,12 @@ def test_step_options_compile_the_step_as_train_does_with_xla_defaults_or_withou
         benchmark.apply_step_options("of")
     assert benchmark._parse_variants("jaxgan:step_options=off") == [
         ("jaxgan", {"step_options": "off"})]
+
+
+def test_paired_speedups_compare_the_repeats_of_one_round_and_the_fastest_of_each():
+    torch_times = [2.0, 3.0, 1.8, 2.4]  # a load spike in round 2 slows torch more
+    jax_times = [1.6, 2.0, 1.5, 2.0]
+    pair = benchmark.paired_speedups(torch_times, jax_times)
+    assert pair["per_round"] == pytest.approx([1.25, 1.5, 1.2, 1.2])
+    assert pair["median_of_rounds"] == pytest.approx(1.225)
+    assert pair["fastest"] == pytest.approx(1.8 / 1.5)
