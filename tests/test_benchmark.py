@@ -114,3 +114,21 @@ def test_paired_speedups_compare_the_repeats_of_one_round_and_the_fastest_of_eac
     assert pair["per_round"] == pytest.approx([1.25, 1.5, 1.2, 1.2])
     assert pair["median_of_rounds"] == pytest.approx(1.225)
     assert pair["fastest"] == pytest.approx(1.8 / 1.5)
+
+
+def test_the_report_gives_each_variant_its_paired_speed_against_torch_eager(capsys):
+    import types
+
+    def worker(name, times):  # what _report reads of a finished benchmark.Worker
+        return types.SimpleNamespace(name=name, times=times, info={}, memory={}, error=None,
+                                     metrics={})
+
+    workers = [worker("jaxgan", [1.6, 2.0, 1.5]), worker("torch-eager", [2.0, 3.0, 1.8])]
+    args = types.SimpleNamespace(batch=64, dtype="float32", peak_tflops=0.0, device="cpu")
+    rows = benchmark._report("gan", workers, args)
+    out = capsys.readouterr().out
+    assert "jaxgan: vs torch-eager per round 1.25 1.50 1.20 (median 1.25x); " \
+           "fastest repeats 1.20x" in out
+    assert rows[0]["paired_vs_torch_eager"]["fastest"] == pytest.approx(1.2)
+    assert "paired_vs_torch_eager" not in rows[1]  # not against itself
+    assert rows[0]["speed_vs_torch_eager"] == pytest.approx(2.0 / 1.6)  # ratio of medians
