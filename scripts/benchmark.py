@@ -765,6 +765,7 @@ def _report(loss: str, workers, args) -> list[dict]:
                     "speed_vs_jaxgan": vs_jax})
         print(line)
     extra = []
+    torch_eager = next((v for v in workers if v.name == "torch-eager" and v.times), None)
     for w in workers:
         if "threads" in w.info:
             extra.append(f"{w.name}: torch {w.info['torch']} threads={w.info['threads']} "
@@ -782,7 +783,6 @@ def _report(loss: str, workers, args) -> list[dict]:
         if w.times:
             extra.append(f"{w.name}: ms/step per repeat "
                          + " ".join(f"{1e3 * x:.0f}" for x in w.times))
-        torch_eager = next((v for v in workers if v.name == "torch-eager" and v.times), None)
         if w.times and torch_eager and w is not torch_eager:
             pair = paired_speedups(torch_eager.times, w.times)
             next(r for r in rows if r["variant"] == w.name)["paired_vs_torch_eager"] = pair
