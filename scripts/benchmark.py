@@ -725,7 +725,8 @@ def paired_speedups(ref_times: list[float], times: list[float]) -> dict:
 def _report(loss: str, workers, args) -> list[dict]:
     n_critic = 5 if loss == "wgan-gp" else 1
     flops = next((w.info.get("flops") for w in workers if w.info.get("flops")), None)
-    ref = {w.name: statistics.median(w.times) for w in workers if w.times}
+    times = {w.name: w.times for w in workers if w.times}
+    ref = {name: statistics.median(ts) for name, ts in times.items()}
     base = ref.get("jaxgan")
     print(f"\n## {loss} (n_critic={n_critic}, batch {args.batch}, {args.dtype})")
     head = f"{'variant':<34}{'ms/step':>9}{'img/s':>8}{'compile s':>10}{'peak MB':>9}{'+MB':>7}"
@@ -763,10 +764,11 @@ def _report(loss: str, workers, args) -> list[dict]:
             line += f"{rate:>9.1f}{100 * rate / gemm:>7.0f}%"
         row.update({"median_s": t, "images_per_s": ips, "speed_vs_torch_eager": vs_torch,
                     "speed_vs_jaxgan": vs_jax})
+        if "torch-eager" in times and w.name != "torch-eager":
+            row["paired_vs_torch_eager"] = paired_speedups(times["torch-eager"], w.times)
         print(line)
     extra = []
-    torch_eager = next((v for v in workers if v.name == "torch-eager" and v.times), None)
-    for w in workers:
+    for w, row in zip(workers, rows):
         if "threads" in w.info:
             extra.append(f"{w.name}: torch {w.info['torch']} threads={w.info['threads']} "
                          f"interop={w.info['interop_threads']} "
@@ -783,9 +785,8 @@ def _report(loss: str, workers, args) -> list[dict]:
         if w.times:
             extra.append(f"{w.name}: ms/step per repeat "
                          + " ".join(f"{1e3 * x:.0f}" for x in w.times))
-        if w.times and torch_eager and w is not torch_eager:
-            pair = paired_speedups(torch_eager.times, w.times)
-            next(r for r in rows if r["variant"] == w.name)["paired_vs_torch_eager"] = pair
+        pair = row.get("paired_vs_torch_eager")
+        if pair:
             extra.append(f"{w.name}: vs torch-eager per round "
                          + " ".join(f"{x:.2f}" for x in pair["per_round"])
                          + f" (median {pair['median_of_rounds']:.2f}x); fastest repeats "

@@ -4,6 +4,7 @@ it must keep running when the layers it times change."""
 import os
 import subprocess
 import sys
+import types
 
 import pytest
 from conftest import REPO
@@ -117,8 +118,6 @@ def test_paired_speedups_compare_the_repeats_of_one_round_and_the_fastest_of_eac
 
 
 def test_the_report_gives_each_variant_its_paired_speed_against_torch_eager(capsys):
-    import types
-
     def worker(name, times):  # what _report reads of a finished benchmark.Worker
         return types.SimpleNamespace(name=name, times=times, info={}, memory={}, error=None,
                                      metrics={})
