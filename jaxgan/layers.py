@@ -42,6 +42,8 @@ import numpy as np
 from flax import linen as nn
 from jax import lax
 
+from jaxgan import onednn
+
 Array = jax.Array
 IntOr2 = int | Sequence[int]
 
@@ -465,16 +467,21 @@ def _use_custom_vjp(cin: int, cout: int, strides: tuple[int, int]) -> bool:
     return cin <= 4 or strides != (1, 1) or cout >= 128 or _thin_gemm((cin, cout), strides)
 
 
-def _cpu_vendor() -> str:
-    """'GenuineIntel', 'AuthenticAMD', ... from /proc/cpuinfo; '' where there is none."""
+def _cpuinfo(field: str) -> str:
+    """The first `field` line's value in /proc/cpuinfo ('vendor_id', 'flags'); '' where none."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("vendor_id"):
+                if line.startswith(field):
                     return line.split(":", 1)[1].strip()
     except OSError:
         pass
     return ""
+
+
+def _cpu_vendor() -> str:
+    """'GenuineIntel', 'AuthenticAMD', ... ; '' where /proc/cpuinfo has none."""
+    return _cpuinfo("vendor_id")
 
 
 def _default_dw_gemm_max_cin() -> int:
@@ -593,10 +600,58 @@ def _thin_gemm_dw(x, dy, w_shape, pads: Pads, precision):
     return jnp.flip(dw, (0, 1)).astype(x.dtype)
 
 
+# Which of a conv's three operations go to oneDNN (`jaxgan.onednn`) where it is available: a
+# bit mask of ONEDNN_FORWARD, ONEDNN_INPUT_GRAD, ONEDNN_KERNEL_GRAD; 0 is off. Default: all
+# three on CPUs with AVX-512 (`_default_onednn_ops`).
+ONEDNN_FORWARD, ONEDNN_INPUT_GRAD, ONEDNN_KERNEL_GRAD = 1, 2, 4
+
+
+def _default_onednn_ops() -> int:
+    """All three operations on CPUs with AVX-512, none elsewhere. HW6 convolutions of one gan
+    step at batch 64 (`scripts/layer_benchmark.py`, BUILD_NOTES.md session 31): on a Zen 4
+    EPYC (AVX-512) 1080 ms in XLA's forms, 929 ms with oneDNN, 943 ms in PyTorch; on AVX2
+    boxes (Zen 3, session 29) PyTorch's oneDNN convolutions were 1.2x slower than XLA's."""
+    all_ops = ONEDNN_FORWARD | ONEDNN_INPUT_GRAD | ONEDNN_KERNEL_GRAD
+    return all_ops if "avx512f" in _cpuinfo("flags").split() else 0
+
+
+ONEDNN_OPS = _default_onednn_ops()
+
+
+def _onednn_suits(op: int, x_shape, w_shape, dy_hw) -> bool:
+    """The shapes where oneDNN was the faster (Zen 4 EPYC, HW6 layers alone, batch 64,
+    BUILD_NOTES.md session 31). Not: the critic's 1-channel head (under 0.5 ms either way);
+    input gradients with <= THIN_OUTPUT_CHANNELS channels (the sub-pixel conv: 11.9 vs 16.7 ms
+    for the generator's RGB layer); kernel gradients over a dy of <= 4x4 positions (21.9 vs
+    24.2 ms for the critic's 8x8x256->512 conv, 37.9 vs 48.8 for the generator's first
+    layer)."""
+    if w_shape[3] <= THIN_OUTPUT_CHANNELS:
+        return False
+    if op == ONEDNN_INPUT_GRAD:
+        return x_shape[3] > THIN_OUTPUT_CHANNELS
+    if op == ONEDNN_KERNEL_GRAD:
+        return dy_hw[0] * dy_hw[1] > 16
+    return True
+
+
+def _by_onednn(op: int, x_shape, w_shape, strides, pads, dtype, cpu_forms: bool) -> bool:
+    """Compute this operation with oneDNN: CPU forms, the op in ONEDNN_OPS, a shape and dtype
+    the handlers take and oneDNN runs fast, one device (the custom call has no partitioning
+    rule), handlers built."""
+    if not (cpu_forms and ONEDNN_OPS & op) or jax.device_count() != 1:
+        return False
+    if not onednn.supports(x_shape, w_shape, strides, pads, dtype):
+        return False
+    dy_hw = [(x_shape[1 + a] + sum(pads[a]) - w_shape[a]) // strides[a] + 1 for a in (0, 1)]
+    return _onednn_suits(op, x_shape, w_shape, dy_hw) and onednn.available()
+
+
 def _c_value(x, w, strides, pads, precision, cpu_forms):
     """Forward value. Strided with few input channels (`S2D_MAX_CIN`), CPU forms: the stride-1
     conv over the space-to-depth input, whose contraction is s*s times deeper (the HW6 critic's
     first layer, C_in 3: 1.8 vs 3.3 ms at batch 64 on a Zen 5 EPYC, BUILD_NOTES.md session 27)."""
+    if _by_onednn(ONEDNN_FORWARD, x.shape, w.shape, strides, pads, x.dtype, cpu_forms):
+        return onednn.conv(x, w, strides, pads)
     if _thin_gemm(w.shape, strides):
         return _thin_gemm_conv(x, w, pads, precision)
     if cpu_forms and strides != (1, 1) and w.shape[2] <= S2D_MAX_CIN:
@@ -612,6 +667,8 @@ def _dx_value(dy, w, x_shape, strides, pads, precision, cpu_forms):
     ~245 ms of a 1.43 s gan step). Thin stride-1 convs (`THIN_GEMM_MAX_CHANNELS`): the
     forward's GEMM form with the adjoint kernel. Otherwise XLA's own (cuDNN's backward-input
     kernel)."""
+    if _by_onednn(ONEDNN_INPUT_GRAD, x_shape, w.shape, strides, pads, dy.dtype, cpu_forms):
+        return onednn.conv_dx(dy, w, x_shape, strides, pads)
     if _thin_gemm(w.shape, strides):
         return _thin_gemm_conv(dy, _flip_io(w), _transposed_pads(w.shape, pads), precision)
     if strides != (1, 1) and cpu_forms:
@@ -661,6 +718,8 @@ def _dw_gemm(x, dy, w_shape, strides, pads: Pads, precision):
 
 
 def _dw_value(x, dy, w_shape, strides, pads, precision, cpu_forms):
+    if _by_onednn(ONEDNN_KERNEL_GRAD, x.shape, w_shape, strides, pads, x.dtype, cpu_forms):
+        return onednn.conv_dw(x, dy, w_shape, strides, pads)
     if _thin_gemm(w_shape, strides):
         return _thin_gemm_dw(x, dy, w_shape, pads, precision)
     if cpu_forms and _dw_by_gemm(w_shape[2]):

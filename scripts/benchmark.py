@@ -218,7 +218,7 @@ def _jax_worker(spec: dict, send) -> None:
     import jax.numpy as jnp
 
     kept = _keep_memory(spec)  # before the first computation creates the CPU client
-    from jaxgan import config as config_lib, layers, step as step_lib
+    from jaxgan import config as config_lib, layers, onednn, step as step_lib
 
     if spec["upsample"] != "auto":
         layers.default_upsample_impl = lambda backend: spec["upsample"]
@@ -241,7 +241,8 @@ def _jax_worker(spec: dict, send) -> None:
             "conv": layers.default_conv_impl(jax.default_backend()),
             **{key: getattr(layers, name) for key, name in LAYER_KNOBS.items()},
             "step_options": layers.step_compiler_options(jax.default_backend()),
-            "kept_memory": kept}
+            "kept_memory": kept, "onednn_calls": onednn_calls(step.as_text()),
+            "onednn_unavailable": onednn.unavailable_reason()}
     if spec["count_flops"]:
         try:
             info["flops"] = _model_flops(c, dtype, state, data)
@@ -501,7 +502,12 @@ IMPLS = ("jaxgan", "torch-eager", "torch-compile")
 # --variants keys that set an integer threshold in jaxgan.layers: key -> attribute
 LAYER_KNOBS = {"dw_gemm_max_cin": "DW_GEMM_MAX_CIN", "s2d_max_cin": "S2D_MAX_CIN",
                "thin_output_channels": "THIN_OUTPUT_CHANNELS",
-               "thin_gemm_max_channels": "THIN_GEMM_MAX_CHANNELS"}
+               "thin_gemm_max_channels": "THIN_GEMM_MAX_CHANNELS", "onednn": "ONEDNN_OPS"}
+
+
+def onednn_calls(hlo_text: str) -> int:
+    """How many of a compiled program's operations are jaxgan's oneDNN convolutions."""
+    return hlo_text.count('custom_call_target="jaxgan_onednn_conv_')
 
 
 def apply_layer_knobs(knobs: dict) -> None:
@@ -779,7 +785,11 @@ def _report(loss: str, workers, args) -> list[dict]:
                          f"upsample={i['upsample']} conv={i['conv']} "
                          f"dw_gemm<={i['dw_gemm_max_cin']} s2d<={i['s2d_max_cin']} "
                          f"thin<={i['thin_output_channels']} "
-                         f"gemm<={i['thin_gemm_max_channels']} kept_memory={i['kept_memory']} "
+                         f"gemm<={i['thin_gemm_max_channels']} "
+                         f"onednn={i['onednn']} ({i['onednn_calls']} calls"
+                         + (f", unavailable: {i['onednn_unavailable']}"
+                            if i["onednn_unavailable"] else "") + ") "
+                         f"kept_memory={i['kept_memory']} "
                          f"options={i['step_options']} trace+lower {i['trace_lower_s']:.1f}s "
                          f"+ XLA {w.info['xla_compile_s']:.1f}s")
         if w.times:

@@ -9,7 +9,9 @@ convs and its last k4 valid conv; the generator's four k5 s2 p2 op1 transposed c
 alone in its forward pass, its input gradient (dx) and its kernel gradient (dw):
 
   jaxgan   `layers.conv2d` / `layers.conv_transpose_torch` and their VJPs, each jitted alone with
-           `layers.step_compiler_options`, as the training step compiles them (NHWC);
+           `layers.step_compiler_options`, as the training step compiles them (NHWC; with
+           oneDNN's convolutions where `layers.ONEDNN_OPS` and the shape rules pick them);
+  jaxgan-xla  the same with `layers.ONEDNN_OPS = 0`: XLA's own convolutions throughout;
   torch    `F.conv2d` / `F.conv_transpose2d` and `aten.convolution_backward` asked for that one
            gradient, what autograd calls (NCHW), with --threads intra-op threads.
 
@@ -41,7 +43,7 @@ import benchmark  # scripts/ (this script's directory): the worker line protocol
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 PASSES = ("fwd", "dx", "dw")
-IMPLS = ("jaxgan", "torch")
+IMPLS = ("jaxgan", "torch", "jaxgan-xla")
 
 
 def hw6_layers(size: int = 64, width: int = 64, z_channels: int = 512) -> list[dict]:
@@ -177,6 +179,10 @@ def worker_main(impl: str, batch: int, calls: int, threads: int, names: list[str
             from jaxgan import host_memory
 
             host_memory.keep_freed_memory()  # as jaxgan's CLIs run
+            if impl == "jaxgan-xla":  # XLA's own convolutions, oneDNN off
+                from jaxgan import layers as jaxgan_layers
+
+                jaxgan_layers.ONEDNN_OPS = 0
             make = jax_passes
         layers = [layer for layer in hw6_layers() if layer["name"] in names]
         passes = {layer["name"]: make(layer, batch) for layer in layers}
@@ -262,7 +268,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter,
                                  epilog=__doc__.split("\n\n", 2)[2])
-    ap.add_argument("--impls", default="jaxgan,torch", help="comma list of jaxgan, torch")
+    ap.add_argument("--impls", default="jaxgan,torch", help="comma list of jaxgan, torch, jaxgan-xla")
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--rounds", type=int, default=3, help="alternating rounds per library")
     ap.add_argument("--calls", type=int, default=5, help="timed calls per pass and round")
@@ -301,7 +307,7 @@ def main(argv=None) -> int:
         workers = {}
         try:
             for impl in impls:  # one at a time: compiling does not disturb the other's setup
-                python = sys.executable if impl == "jaxgan" else torch_python
+                python = sys.executable if impl.startswith("jaxgan") else torch_python
                 workers[impl] = Worker(impl, python, args, names, env, log)
             for _ in range(args.rounds):
                 for w in workers.values():

@@ -1,0 +1,280 @@
+// XLA FFI handlers: 2-D f32 convolutions (NHWC activations, HWIO kernels) through oneDNN.
+//
+// Why: XLA:CPU's convolutions (Eigen) multiply every tap of every window, padding included;
+// oneDNN's skip the padding taps, which is 12-30% of the multiplies in a DCGAN's small layers.
+// Three handlers, the three bilinear operations of a convolution (jaxgan/layers.py's VJP table):
+//   forward          y  = C(x, w)      args (x, w)  -> y
+//   backward data    dx = DX(dy, w)    args (dy, w) -> dx
+//   backward weights dw = DW(x, dy)    args (x, dy) -> dw
+// oneDNN is called through the few functions of its stable C API declared below (no oneDNN
+// headers needed; libdnnl.so.3 comes from the `onednn-cpu-gomp` wheel). Primitives are built
+// once per shape and kept; calls are serialized (oneDNN's own threads use every core).
+#include <cstdint>
+#include <cstring>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <stdexcept>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+extern "C" {
+typedef void* dnnl_handle;
+typedef int dnnl_status;
+struct dnnl_exec_arg { int arg; dnnl_handle memory; };
+dnnl_status dnnl_engine_create(dnnl_handle* engine, int kind, size_t index);
+dnnl_status dnnl_stream_create(dnnl_handle* stream, dnnl_handle engine, unsigned flags);
+dnnl_status dnnl_stream_wait(dnnl_handle stream);
+dnnl_status dnnl_memory_desc_create_with_string_tag(dnnl_handle* md, int ndims,
+    const int64_t* dims, int data_type, const char* tag);
+dnnl_status dnnl_memory_desc_create_with_tag(dnnl_handle* md, int ndims, const int64_t* dims,
+    int data_type, int tag);
+dnnl_status dnnl_memory_desc_destroy(dnnl_handle md);
+size_t dnnl_memory_desc_get_size(const void* md);
+int dnnl_memory_desc_equal(const void* lhs, const void* rhs);
+dnnl_status dnnl_memory_create(dnnl_handle* memory, const void* md, dnnl_handle engine,
+    void* handle);
+dnnl_status dnnl_memory_destroy(dnnl_handle memory);
+dnnl_status dnnl_convolution_forward_primitive_desc_create(dnnl_handle* pd, dnnl_handle engine,
+    int prop_kind, int alg_kind, const void* src, const void* weights, const void* bias,
+    const void* dst, const int64_t* strides, const int64_t* dilates, const int64_t* pad_l,
+    const int64_t* pad_r, const void* attr);
+dnnl_status dnnl_convolution_backward_data_primitive_desc_create(dnnl_handle* pd,
+    dnnl_handle engine, int alg_kind, const void* diff_src, const void* weights,
+    const void* diff_dst, const int64_t* strides, const int64_t* dilates, const int64_t* pad_l,
+    const int64_t* pad_r, const void* hint_fwd_pd, const void* attr);
+dnnl_status dnnl_convolution_backward_weights_primitive_desc_create(dnnl_handle* pd,
+    dnnl_handle engine, int alg_kind, const void* src, const void* diff_weights,
+    const void* diff_bias, const void* diff_dst, const int64_t* strides, const int64_t* dilates,
+    const int64_t* pad_l, const int64_t* pad_r, const void* hint_fwd_pd, const void* attr);
+dnnl_status dnnl_reorder_primitive_desc_create(dnnl_handle* pd, const void* src_md,
+    dnnl_handle src_engine, const void* dst_md, dnnl_handle dst_engine, const void* attr);
+const void* dnnl_primitive_desc_query_md(const void* pd, int what, int index);
+dnnl_status dnnl_primitive_desc_destroy(dnnl_handle pd);
+dnnl_status dnnl_primitive_create(dnnl_handle* primitive, const void* pd);
+dnnl_status dnnl_primitive_execute(const void* primitive, dnnl_handle stream, int nargs,
+    const dnnl_exec_arg* args);
+}
+
+namespace {
+
+// oneDNN C API constants (dnnl_types.h, stable across oneDNN 3.x).
+constexpr int kCpu = 1, kInOrder = 1, kF32 = 3, kTagAny = 1;
+constexpr int kForwardTraining = 64, kConvolutionDirect = 1;
+constexpr int kQueryWeightsMd = 131, kQueryDiffWeightsMd = 132;
+constexpr int kArgSrc = 1, kArgDst = 17, kArgWeights = 33;
+constexpr int kArgDiffSrc = 129, kArgDiffDst = 145, kArgDiffWeights = 161;
+
+enum Kind { kForward = 0, kBackwardData = 1, kBackwardWeights = 2 };
+
+struct Failure : std::runtime_error { using std::runtime_error::runtime_error; };
+
+void Check(dnnl_status status, const char* what) {
+  if (status != 0) throw Failure(std::string("oneDNN ") + what + " failed (status " +
+                                 std::to_string(status) + ")");
+}
+
+struct Context {
+  dnnl_handle engine = nullptr, stream = nullptr;
+  Context() {
+    Check(dnnl_engine_create(&engine, kCpu, 0), "engine_create");
+    Check(dnnl_stream_create(&stream, engine, kInOrder), "stream_create");
+  }
+};
+
+Context& GetContext() {
+  static Context* context = new Context();  // never destroyed: XLA may call at exit
+  return *context;
+}
+
+struct MemoryDesc {
+  dnnl_handle md = nullptr;
+  MemoryDesc() = default;
+  MemoryDesc(std::vector<int64_t> dims, const char* tag) {
+    Check(dnnl_memory_desc_create_with_string_tag(&md, 4, dims.data(), kF32, tag), "md");
+  }
+  static MemoryDesc Any(std::vector<int64_t> dims) {
+    MemoryDesc d;
+    Check(dnnl_memory_desc_create_with_tag(&d.md, 4, dims.data(), kF32, kTagAny), "md any");
+    return d;
+  }
+  MemoryDesc(MemoryDesc&& o) noexcept : md(o.md) { o.md = nullptr; }
+  MemoryDesc& operator=(MemoryDesc&& o) noexcept { std::swap(md, o.md); return *this; }
+  ~MemoryDesc() { if (md) dnnl_memory_desc_destroy(md); }
+};
+
+struct Memory {
+  dnnl_handle mem = nullptr;
+  Memory(const void* md, void* data) {
+    Check(dnnl_memory_create(&mem, md, GetContext().engine, data), "memory_create");
+  }
+  ~Memory() { if (mem) dnnl_memory_destroy(mem); }
+};
+
+dnnl_handle MakePrimitive(const void* pd) {
+  dnnl_handle prim;
+  Check(dnnl_primitive_create(&prim, pd), "primitive_create");
+  return prim;
+}
+
+void Execute(dnnl_handle prim, std::vector<dnnl_exec_arg> args) {
+  Check(dnnl_primitive_execute(prim, GetContext().stream, args.size(), args.data()), "execute");
+}
+
+// One convolution of one shape: its primitive, and a reorder between the kernel's HWIO
+// layout and the blocked layout oneDNN's kernel wants (absent when they are the same).
+struct Plan {
+  dnnl_handle conv = nullptr, reorder = nullptr;
+  MemoryDesc src, dst, weights_user;  // NHWC x, NHWC y, HWIO kernel
+  const void* weights_blocked = nullptr;  // owned by the conv's primitive descriptor
+  std::vector<float> blocked;             // the kernel in that layout
+};
+
+using Key = std::tuple<int, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
+                       int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t>;
+
+// dims are oneDNN's logical order: x [N, C, H, W], w [O, I, KH, KW], y [N, O, OH, OW].
+std::unique_ptr<Plan> BuildPlan(Kind kind, std::vector<int64_t> x, std::vector<int64_t> w,
+                                std::vector<int64_t> y, const int64_t* strides,
+                                const int64_t* pad_l, const int64_t* pad_r) {
+  auto& ctx = GetContext();
+  auto plan = std::make_unique<Plan>();
+  plan->src = MemoryDesc(x, "acdb");
+  plan->dst = MemoryDesc(y, "acdb");
+  plan->weights_user = MemoryDesc(w, "cdba");
+  MemoryDesc weights_any = MemoryDesc::Any(w);
+  const int64_t dilates[2] = {0, 0};
+  dnnl_handle fwd_pd;
+  Check(dnnl_convolution_forward_primitive_desc_create(
+            &fwd_pd, ctx.engine, kForwardTraining, kConvolutionDirect, plan->src.md,
+            weights_any.md, nullptr, plan->dst.md, strides, dilates, pad_l, pad_r, nullptr),
+        "convolution forward desc");
+  dnnl_handle pd = fwd_pd;
+  int weights_query = kQueryWeightsMd;
+  if (kind == kBackwardData) {
+    Check(dnnl_convolution_backward_data_primitive_desc_create(
+              &pd, ctx.engine, kConvolutionDirect, plan->src.md, weights_any.md, plan->dst.md,
+              strides, dilates, pad_l, pad_r, fwd_pd, nullptr),
+          "convolution backward data desc");
+  } else if (kind == kBackwardWeights) {
+    Check(dnnl_convolution_backward_weights_primitive_desc_create(
+              &pd, ctx.engine, kConvolutionDirect, plan->src.md, weights_any.md, nullptr,
+              plan->dst.md, strides, dilates, pad_l, pad_r, fwd_pd, nullptr),
+          "convolution backward weights desc");
+    weights_query = kQueryDiffWeightsMd;
+  }
+  plan->conv = MakePrimitive(pd);
+  plan->weights_blocked = dnnl_primitive_desc_query_md(pd, weights_query, 0);
+  if (!dnnl_memory_desc_equal(plan->weights_blocked, plan->weights_user.md)) {
+    plan->blocked.resize(dnnl_memory_desc_get_size(plan->weights_blocked) / sizeof(float));
+    dnnl_handle reorder_pd;
+    bool to_user = kind == kBackwardWeights;
+    const void* from = to_user ? plan->weights_blocked : plan->weights_user.md;
+    const void* to = to_user ? plan->weights_user.md : plan->weights_blocked;
+    Check(dnnl_reorder_primitive_desc_create(&reorder_pd, from, ctx.engine, to, ctx.engine,
+                                             nullptr),
+          "reorder desc");
+    plan->reorder = MakePrimitive(reorder_pd);
+    dnnl_primitive_desc_destroy(reorder_pd);
+  }
+  // The primitive keeps what it needs; the descriptors that answered the weights query stay
+  // alive with the plan (weights_blocked points into pd).
+  if (pd != fwd_pd) dnnl_primitive_desc_destroy(fwd_pd);
+  return plan;
+}
+
+std::mutex mutex;
+std::map<Key, std::unique_ptr<Plan>>& Plans() {
+  static auto* plans = new std::map<Key, std::unique_ptr<Plan>>();
+  return *plans;
+}
+
+// a: x (forward, weights) or dy (data); b: w (forward, data) or dy (weights); out: the result.
+ffi::Error Run(Kind kind, ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::F32> b,
+               ffi::ResultBuffer<ffi::F32> out, ffi::Span<const int64_t> strides,
+               ffi::Span<const int64_t> pad_lo, ffi::Span<const int64_t> pad_hi) {
+  if (a.dimensions().size() != 4 || b.dimensions().size() != 4 ||
+      out->dimensions().size() != 4 || strides.size() != 2 || pad_lo.size() != 2 ||
+      pad_hi.size() != 2)
+    return ffi::Error::InvalidArgument("jaxgan onednn conv: 4-D operands, 2 strides, 2 pads");
+  auto nhwc = [](auto dims) {  // NHWC buffer dims -> oneDNN's (N, C, H, W)
+    return std::vector<int64_t>{dims[0], dims[3], dims[1], dims[2]};
+  };
+  auto hwio = [](auto dims) {  // HWIO buffer dims -> oneDNN's (O, I, KH, KW)
+    return std::vector<int64_t>{dims[3], dims[2], dims[0], dims[1]};
+  };
+  std::vector<int64_t> x, w, y;
+  float *x_data, *w_data, *y_data;
+  if (kind == kForward) {
+    x = nhwc(a.dimensions()); w = hwio(b.dimensions()); y = nhwc(out->dimensions());
+    x_data = a.typed_data(); w_data = b.typed_data(); y_data = out->typed_data();
+  } else if (kind == kBackwardData) {
+    y = nhwc(a.dimensions()); w = hwio(b.dimensions()); x = nhwc(out->dimensions());
+    y_data = a.typed_data(); w_data = b.typed_data(); x_data = out->typed_data();
+  } else {
+    x = nhwc(a.dimensions()); y = nhwc(b.dimensions()); w = hwio(out->dimensions());
+    x_data = a.typed_data(); y_data = b.typed_data(); w_data = out->typed_data();
+  }
+  const int64_t st[2] = {strides[0], strides[1]};
+  const int64_t lo[2] = {pad_lo[0], pad_lo[1]}, hi[2] = {pad_hi[0], pad_hi[1]};
+  Key key{kind, x[0], x[1], x[2], x[3], w[0], w[2], w[3], y[2], y[3], st[0], st[1], lo[0],
+          lo[1], hi[0] * 4096 + hi[1]};
+  std::lock_guard<std::mutex> lock(mutex);
+  try {
+    auto& plan = Plans()[key];
+    if (!plan) plan = BuildPlan(kind, x, w, y, st, lo, hi);
+    Memory src(plan->src.md, x_data), dst(plan->dst.md, y_data);
+    Memory weights_user(plan->weights_user.md, w_data);
+    std::unique_ptr<Memory> blocked;
+    dnnl_handle weights = weights_user.mem;
+    if (plan->reorder) {
+      blocked = std::make_unique<Memory>(plan->weights_blocked, plan->blocked.data());
+      weights = blocked->mem;
+    }
+    if (kind == kForward) {
+      if (plan->reorder) Execute(plan->reorder, {{kArgSrc, weights_user.mem}, {kArgDst, weights}});
+      Execute(plan->conv, {{kArgSrc, src.mem}, {kArgWeights, weights}, {kArgDst, dst.mem}});
+    } else if (kind == kBackwardData) {
+      if (plan->reorder) Execute(plan->reorder, {{kArgSrc, weights_user.mem}, {kArgDst, weights}});
+      Execute(plan->conv, {{kArgDiffDst, dst.mem}, {kArgWeights, weights},
+                           {kArgDiffSrc, src.mem}});
+    } else {
+      Execute(plan->conv, {{kArgSrc, src.mem}, {kArgDiffDst, dst.mem},
+                           {kArgDiffWeights, weights}});
+      if (plan->reorder) Execute(plan->reorder, {{kArgSrc, weights}, {kArgDst, weights_user.mem}});
+    }
+    Check(dnnl_stream_wait(GetContext().stream), "stream_wait");
+  } catch (const Failure& e) {
+    Plans().erase(key);
+    return ffi::Error::Internal(e.what());
+  }
+  return ffi::Error::Success();
+}
+
+template <Kind kind>
+ffi::Error RunKind(ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::F32> b,
+                   ffi::ResultBuffer<ffi::F32> out, ffi::Span<const int64_t> strides,
+                   ffi::Span<const int64_t> pad_lo, ffi::Span<const int64_t> pad_hi) {
+  return Run(kind, a, b, out, strides, pad_lo, pad_hi);
+}
+
+}  // namespace
+
+#define JAXGAN_CONV_HANDLER(name, kind)                                             \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(name, RunKind<kind>,                                \
+                                ffi::Ffi::Bind()                                    \
+                                    .Arg<ffi::Buffer<ffi::F32>>()                   \
+                                    .Arg<ffi::Buffer<ffi::F32>>()                   \
+                                    .Ret<ffi::Buffer<ffi::F32>>()                   \
+                                    .Attr<ffi::Span<const int64_t>>("strides")      \
+                                    .Attr<ffi::Span<const int64_t>>("pad_lo")       \
+                                    .Attr<ffi::Span<const int64_t>>("pad_hi"));
+
+JAXGAN_CONV_HANDLER(jaxgan_onednn_conv_forward, kForward)
+JAXGAN_CONV_HANDLER(jaxgan_onednn_conv_backward_data, kBackwardData)
+JAXGAN_CONV_HANDLER(jaxgan_onednn_conv_backward_weights, kBackwardWeights)

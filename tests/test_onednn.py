@@ -1,0 +1,146 @@
+"""oneDNN convolutions (jaxgan/onednn.py): the same values as XLA's, first and second order,
+and a clean fallback where oneDNN or a compiler is missing."""
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+from jaxgan import layers, onednn
+
+needs_onednn = pytest.mark.skipif(
+    not onednn.available() or jax.device_count() != 1,
+    reason=f"oneDNN handlers not available: {onednn.unavailable_reason()}")
+
+# (N, H, W, C_in, C_out, k, stride, pads): the critic's k4 s2 p1, the generator's k5 s2 read
+# backwards (pads (2, 1)), a stride-1 k3, a 3-channel input, a non-square one
+SHAPES = [
+    (2, 8, 8, 16, 32, 4, 2, ((1, 1), (1, 1))),
+    (2, 8, 8, 16, 8, 5, 2, ((2, 1), (2, 1))),
+    (3, 6, 6, 8, 16, 3, 1, ((1, 1), (1, 1))),
+    (2, 16, 16, 3, 8, 4, 2, ((1, 1), (1, 1))),
+    (1, 10, 6, 4, 8, 3, 1, ((0, 2), (1, 0))),
+]
+
+
+def _operands(n, h, w, cin, cout, k, s, pads, seed=0):
+    rng = np.random.default_rng(seed)
+    oh, ow = ((d + sum(p) - k) // s + 1 for d, p in zip((h, w), pads))
+    x = jnp.asarray(rng.standard_normal((n, h, w, cin)), jnp.float32)
+    kernel = jnp.asarray(rng.standard_normal((k, k, cin, cout)) * 0.2, jnp.float32)
+    dy = jnp.asarray(rng.standard_normal((n, oh, ow, cout)), jnp.float32)
+    return x, kernel, dy
+
+
+def _lax_conv(x, w, s, pads):
+    return lax.conv_general_dilated(x, w, (s, s), pads, dimension_numbers=layers._DN,
+                                    precision=lax.Precision.HIGHEST)
+
+
+def _close(got, want):
+    got, want = np.asarray(got), np.asarray(want)
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=0, atol=2e-5 * np.abs(want).max())
+
+
+@needs_onednn
+@pytest.mark.parametrize("shape", SHAPES)
+def test_three_operations_match_lax(shape):
+    n, h, w, cin, cout, k, s, pads = shape
+    x, kernel, dy = _operands(*shape)
+    st = (s, s)
+    assert onednn.supports(x.shape, kernel.shape, st, pads, jnp.float32)
+    _close(jax.jit(lambda x, w: onednn.conv(x, w, st, pads))(x, kernel),
+           _lax_conv(x, kernel, s, pads))
+    want_dx, want_dw = jax.vjp(lambda x, w: _lax_conv(x, w, s, pads), x, kernel)[1](dy)
+    _close(jax.jit(lambda dy, w: onednn.conv_dx(dy, w, x.shape, st, pads))(dy, kernel), want_dx)
+    _close(jax.jit(lambda x, dy: onednn.conv_dw(x, dy, kernel.shape, st, pads))(x, dy), want_dw)
+
+
+def _penalty_grads(conv, x, kernel):
+    """A WGAN-GP-like second-order quantity: d/dw of |d critic / dx|^2."""
+    def critic(x, w):
+        return jnp.sum(jnp.tanh(conv(x, w)))
+
+    def penalty(w):
+        g = jax.grad(critic)(x, w)
+        return jnp.sum(g * g)
+    return jax.grad(penalty)(kernel), jax.grad(critic, argnums=(0, 1))(x, kernel)
+
+
+@needs_onednn
+def test_layers_route_convs_to_onednn_with_equal_gradients(monkeypatch):
+    """`layers.conv2d` on CPU forms with oneDNN on: the compiled program holds the custom
+    calls, and first- and second-order gradients equal lax's."""
+    shape = (2, 12, 12, 8, 16, 4, 2, ((1, 1), (1, 1)))
+    x, kernel, _ = _operands(*shape)
+    pads = shape[-1]
+    monkeypatch.setattr(layers, "ONEDNN_OPS", 7)
+    monkeypatch.setattr(layers, "_onednn_suits", lambda *a: True)
+
+    def ours(x, w):
+        return layers.conv2d(x, w, 2, pads, grad_impl="fast")
+    hlo = jax.jit(lambda x, w: _penalty_grads(ours, x, w)).lower(x, kernel).as_text()
+    for target in ("forward", "backward_data", "backward_weights"):
+        assert f"jaxgan_onednn_conv_{target}" in hlo
+    got = jax.jit(lambda x, w: _penalty_grads(ours, x, w))(x, kernel)
+    want = _penalty_grads(lambda x, w: _lax_conv(x, w, 2, pads), x, kernel)
+    for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+        _close(g, w)
+
+
+@needs_onednn
+def test_transposed_conv_through_onednn_matches_xla(monkeypatch):
+    """The generator's layer (k5 s2 p2 op1) by oneDNN's backward-data convolution."""
+    rng = np.random.default_rng(1)
+    x = jnp.asarray(rng.standard_normal((2, 4, 4, 16)), jnp.float32)
+    kernel = jnp.asarray(rng.standard_normal((5, 5, 16, 8)) * 0.2, jnp.float32)
+
+    def f(x, w):
+        return jnp.sum(jnp.sin(layers.conv_transpose_torch(x, w, 2, 2, 1, grad_impl="fast")))
+    want = jax.jit(jax.value_and_grad(f, argnums=(0, 1)))(x, kernel)
+    monkeypatch.setattr(layers, "ONEDNN_OPS", 7)
+    monkeypatch.setattr(layers, "_onednn_suits", lambda *a: True)
+    fn = jax.jit(jax.value_and_grad(f, argnums=(0, 1)))
+    assert "jaxgan_onednn_conv_backward_data" in fn.lower(x, kernel).as_text()
+    for g, w in zip(jax.tree.leaves(fn(x, kernel)), jax.tree.leaves(want)):
+        _close(g, w)
+
+
+def test_supports_only_what_the_handlers_compute():
+    st, pads = (2, 2), ((1, 1), (1, 1))
+    assert onednn.supports((2, 8, 8, 4), (4, 4, 4, 8), st, pads, jnp.float32)
+    assert not onednn.supports((2, 8, 8, 4), (4, 4, 4, 8), st, pads, jnp.bfloat16)
+    assert not onednn.supports((2, 8, 8, 4), (4, 4, 4, 8), st, ((-1, 1), (1, 1)), jnp.float32)
+    # 9 + 2 - 4 is odd: a window count oneDNN would not derive from this padding
+    assert not onednn.supports((2, 9, 8, 4), (4, 4, 4, 8), st, pads, jnp.float32)
+
+
+def test_without_onednn_the_convs_stay_xla(monkeypatch):
+    monkeypatch.setattr(layers, "ONEDNN_OPS", 7)
+    monkeypatch.setattr(onednn, "available", lambda: False)
+    x, kernel, _ = _operands(*SHAPES[0])
+    hlo = jax.jit(jax.grad(lambda x, w: jnp.sum(layers.conv2d(x, w, 2, SHAPES[0][-1],
+                                                                grad_impl="fast")),
+                           argnums=(0, 1))).lower(x, kernel).as_text()
+    assert "jaxgan_onednn" not in hlo
+
+
+def test_default_follows_avx512(monkeypatch):
+    monkeypatch.setattr(layers, "_cpuinfo", lambda field: "fpu sse2 avx2 avx512f")
+    assert layers._default_onednn_ops() == 7
+    monkeypatch.setattr(layers, "_cpuinfo", lambda field: "fpu sse2 avx2 fma")
+    assert layers._default_onednn_ops() == 0
+
+
+def test_build_failure_is_one_clear_line(tmp_path, monkeypatch):
+    if onednn.library_path() is None:
+        pytest.skip("onednn-cpu-gomp not installed")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setenv("CXX", "false")  # a "compiler" that fails
+    with pytest.raises(OSError, match="building jaxgan's oneDNN handlers failed"):
+        onednn._build(onednn.library_path())
+    assert not any(p.suffix == ".so" for p in tmp_path.rglob("*"))  # no half-written library
