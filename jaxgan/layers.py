@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -607,11 +608,15 @@ ONEDNN_FORWARD, ONEDNN_INPUT_GRAD, ONEDNN_KERNEL_GRAD = 1, 2, 4
 
 
 def _default_onednn_ops() -> int:
-    """All three operations on CPUs with AVX-512, none elsewhere. HW6 convolutions of one gan
-    step at batch 64 (`scripts/layer_benchmark.py`, BUILD_NOTES.md session 31): on a Zen 4
-    EPYC (AVX-512) 1080 ms in XLA's forms, 929 ms with oneDNN, 943 ms in PyTorch; on AVX2
-    boxes (Zen 3, session 29) PyTorch's oneDNN convolutions were 1.2x slower than XLA's."""
+    """All three operations on CPUs with AVX-512, none elsewhere; JAXGAN_ONEDNN=0 turns them
+    off, =1 on. HW6 convolutions of one gan step at batch 64 (`scripts/layer_benchmark.py`,
+    BUILD_NOTES.md session 31): on a Zen 4 EPYC (AVX-512) 1080 ms in XLA's forms, 929 ms with
+    oneDNN, 943 ms in PyTorch; on AVX2 boxes (Zen 3, session 29) PyTorch's oneDNN
+    convolutions were 1.2x slower than XLA's."""
     all_ops = ONEDNN_FORWARD | ONEDNN_INPUT_GRAD | ONEDNN_KERNEL_GRAD
+    choice = os.environ.get("JAXGAN_ONEDNN", "")
+    if choice in ("0", "1"):
+        return all_ops * int(choice)
     return all_ops if "avx512f" in _cpuinfo("flags").split() else 0
 
 

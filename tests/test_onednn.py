@@ -129,11 +129,17 @@ def test_without_onednn_the_convs_stay_xla(monkeypatch):
     assert "jaxgan_onednn" not in hlo
 
 
-def test_default_follows_avx512(monkeypatch):
+def test_default_follows_avx512_and_the_environment(monkeypatch):
+    monkeypatch.delenv("JAXGAN_ONEDNN", raising=False)
     monkeypatch.setattr(layers, "_cpuinfo", lambda field: "fpu sse2 avx2 avx512f")
     assert layers._default_onednn_ops() == 7
-    monkeypatch.setattr(layers, "_cpuinfo", lambda field: "fpu sse2 avx2 fma")
+    monkeypatch.setenv("JAXGAN_ONEDNN", "0")
     assert layers._default_onednn_ops() == 0
+    monkeypatch.setattr(layers, "_cpuinfo", lambda field: "fpu sse2 avx2 fma")
+    monkeypatch.delenv("JAXGAN_ONEDNN")
+    assert layers._default_onednn_ops() == 0
+    monkeypatch.setenv("JAXGAN_ONEDNN", "1")
+    assert layers._default_onednn_ops() == 7
 
 
 def test_build_failure_is_one_clear_line(tmp_path, monkeypatch):

@@ -9,6 +9,7 @@
 // oneDNN is called through the few functions of its stable C API declared below (no oneDNN
 // headers needed; libdnnl.so.3 comes from the `onednn-cpu-gomp` wheel). Primitives are built
 // once per shape and kept; calls are serialized (oneDNN's own threads use every core).
+#include <array>
 #include <cstdint>
 #include <cstring>
 #include <map>
@@ -16,7 +17,6 @@
 #include <mutex>
 #include <stdexcept>
 #include <string>
-#include <tuple>
 #include <vector>
 
 #include "xla/ffi/api/ffi.h"
@@ -135,8 +135,8 @@ struct Plan {
   std::vector<float> blocked;             // the kernel in that layout
 };
 
-using Key = std::tuple<int, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
-                       int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t>;
+// kind, x [N, C, H, W], w [O, KH, KW], y [OH, OW], strides, pads low, pads high
+using Key = std::array<int64_t, 16>;
 
 // dims are oneDNN's logical order: x [N, C, H, W], w [O, I, KH, KW], y [N, O, OH, OW].
 std::unique_ptr<Plan> BuildPlan(Kind kind, std::vector<int64_t> x, std::vector<int64_t> w,
@@ -223,7 +223,7 @@ ffi::Error Run(Kind kind, ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::F32> b,
   const int64_t st[2] = {strides[0], strides[1]};
   const int64_t lo[2] = {pad_lo[0], pad_lo[1]}, hi[2] = {pad_hi[0], pad_hi[1]};
   Key key{kind, x[0], x[1], x[2], x[3], w[0], w[2], w[3], y[2], y[3], st[0], st[1], lo[0],
-          lo[1], hi[0] * 4096 + hi[1]};
+          lo[1], hi[0], hi[1]};
   std::lock_guard<std::mutex> lock(mutex);
   try {
     auto& plan = Plans()[key];
