@@ -268,7 +268,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter,
                                  epilog=__doc__.split("\n\n", 2)[2])
-    ap.add_argument("--impls", default="jaxgan,torch", help="comma list of jaxgan, torch, jaxgan-xla")
+    ap.add_argument("--impls", default="jaxgan,torch",
+                    help="comma list of jaxgan, torch, jaxgan-xla")
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--rounds", type=int, default=3, help="alternating rounds per library")
     ap.add_argument("--calls", type=int, default=5, help="timed calls per pass and round")

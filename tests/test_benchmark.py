@@ -2,6 +2,7 @@
 it must keep running when the layers it times change."""
 
 import os
+import re
 import subprocess
 import sys
 import types
@@ -26,6 +27,11 @@ def test_benchmark_runs_the_hw6_step_and_reports_it():
     assert fields[6] == "-" and fields[7] == "1.00x"  # no torch row to compare with
     assert "upsample=phase conv=fast" in out.stdout  # the CPU defaults were timed
     assert "kept_memory=True" in out.stdout  # as the CLIs run (jaxgan.host_memory)
+    # the row says whether its step ran oneDNN's convolutions: it does wherever the default
+    # asks for them and the handlers build here
+    calls = int(re.search(r"onednn=\d+ \((\d+) calls", out.stdout).group(1))
+    from jaxgan import layers, onednn
+    assert (calls > 0) == bool(layers.ONEDNN_OPS and onednn.available())
     # --gemm_peak: model GFLOP/s = model FLOPs / step time, and its share of the matmul's rate
     flops = float(out.stdout.split("model FLOPs/step (XLA cost analysis")[1].split(": ")[1]
                   .split(" G")[0])
