@@ -647,7 +647,7 @@ def _by_onednn(op: int, x_shape, w_shape, strides, pads, dtype, cpu_forms: bool)
         return False
     if not onednn.supports(x_shape, w_shape, strides, pads, dtype):
         return False
-    dy_hw = [(x_shape[1 + a] + sum(pads[a]) - w_shape[a]) // strides[a] + 1 for a in (0, 1)]
+    dy_hw = onednn.output_hw(x_shape, w_shape, strides, pads)
     return _onednn_suits(op, x_shape, w_shape, dy_hw) and onednn.available()
 
 

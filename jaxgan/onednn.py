@@ -4,8 +4,8 @@ Why: on AVX-512 CPUs PyTorch's oneDNN convolutions beat XLA:CPU's Eigen ones, mo
 oneDNN skips the padding taps that Eigen multiplies (BUILD_NOTES.md, "Speed and scale").
 `jaxgan/native/onednn_conv.cc` wraps oneDNN's forward, backward-data and backward-weights
 convolutions as three FFI handlers; this module compiles it once per jaxlib (g++, into the
-user cache directory), registers the handlers and calls them. It needs the optional
-`onednn-cpu-gomp` wheel (`pip install "jaxgan[onednn]"`) and a C++ compiler; without either,
+user cache directory), registers the handlers and calls them. It needs the `onednn-cpu-gomp`
+wheel (a dependency on Linux x86_64) and a C++ compiler; without either,
 `available()` is False with the reason in `unavailable_reason()`, and jaxgan's layers use
 XLA's own convolutions.
 """
@@ -92,7 +92,7 @@ def _load() -> bool:
         return False
     lib = library_path()
     if lib is None:
-        _reason = f"{DISTRIBUTION} is not installed (pip install 'jaxgan[onednn]')"
+        _reason = f"{DISTRIBUTION} is not installed (pip install {DISTRIBUTION})"
         return False
     # oneDNN's OpenMP threads would otherwise spin after each call, on the cores XLA's own
     # threads need next; read by libgomp when it loads
@@ -121,6 +121,11 @@ def unavailable_reason() -> str | None:
     return _reason
 
 
+def output_hw(x_shape, w_shape, strides, pads) -> list[int]:
+    """[OH, OW] of the conv of an NHWC x with an HWIO kernel."""
+    return [(x_shape[1 + a] + sum(pads[a]) - w_shape[a]) // strides[a] + 1 for a in (0, 1)]
+
+
 def supports(x_shape, w_shape, strides, pads, dtype) -> bool:
     """The convolutions the handlers compute: f32 NHWC / HWIO, non-negative padding whose
     window count matches oneDNN's (it derives the output size from the padding)."""
@@ -144,7 +149,7 @@ def _call(name: str, a, b, out_shape, strides, pads):
 
 def conv(x, w, strides, pads):
     """y = C(x, w): `lax.conv_general_dilated(x, w, strides, pads)` in NHWC / HWIO."""
-    out_hw = [(x.shape[1 + a] + sum(pads[a]) - w.shape[a]) // strides[a] + 1 for a in (0, 1)]
+    out_hw = output_hw(x.shape, w.shape, strides, pads)
     return _call("forward", x, w, (x.shape[0], *out_hw, w.shape[3]), strides, pads)
 
 

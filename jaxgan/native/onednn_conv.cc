@@ -11,7 +11,6 @@
 // once per shape and kept; calls are serialized (oneDNN's own threads use every core).
 #include <array>
 #include <cstdint>
-#include <cstring>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -236,14 +235,14 @@ ffi::Error Run(Kind kind, ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::F32> b,
       blocked = std::make_unique<Memory>(plan->weights_blocked, plan->blocked.data());
       weights = blocked->mem;
     }
+    if (kind != kBackwardWeights && plan->reorder)  // the kernel in, to oneDNN's layout
+      Execute(plan->reorder, {{kArgSrc, weights_user.mem}, {kArgDst, weights}});
     if (kind == kForward) {
-      if (plan->reorder) Execute(plan->reorder, {{kArgSrc, weights_user.mem}, {kArgDst, weights}});
       Execute(plan->conv, {{kArgSrc, src.mem}, {kArgWeights, weights}, {kArgDst, dst.mem}});
     } else if (kind == kBackwardData) {
-      if (plan->reorder) Execute(plan->reorder, {{kArgSrc, weights_user.mem}, {kArgDst, weights}});
       Execute(plan->conv, {{kArgDiffDst, dst.mem}, {kArgWeights, weights},
                            {kArgDiffSrc, src.mem}});
-    } else {
+    } else {  // the kernel gradient out, back to HWIO
       Execute(plan->conv, {{kArgSrc, src.mem}, {kArgDiffDst, dst.mem},
                            {kArgDiffWeights, weights}});
       if (plan->reorder) Execute(plan->reorder, {{kArgSrc, weights}, {kArgDst, weights_user.mem}});
