@@ -624,18 +624,17 @@ ONEDNN_OPS = _default_onednn_ops()
 
 
 def _onednn_suits(op: int, x_shape, w_shape, dy_hw) -> bool:
-    """The shapes where oneDNN was the faster (Zen 4 EPYC, HW6 layers alone, batch 64,
-    BUILD_NOTES.md session 31). Not: the critic's 1-channel head (under 0.5 ms either way);
-    input gradients with <= THIN_OUTPUT_CHANNELS channels (the sub-pixel conv: 11.9 vs 16.7 ms
-    for the generator's RGB layer); kernel gradients over a dy of <= 4x4 positions (21.9 vs
-    24.2 ms for the critic's 8x8x256->512 conv, 37.9 vs 48.8 for the generator's first
-    layer)."""
+    """The shapes where oneDNN, with its implementation measured per shape (`jaxgan.onednn`),
+    was the faster (Zen 4 EPYC, HW6 layers alone, batch 64, BUILD_NOTES.md session 32). Not:
+    the critic's 1-channel head (under 0.5 ms either way), and kernel gradients over a dy with
+    fewer positions than the kernel has taps (the generator's first layer, 5x5 taps over 4x4:
+    41-50 ms in XLA vs 52-62 ms). The 3-channel input gradients went over to oneDNN with the
+    measured choice (the critic's first layer 9-11 vs 16 ms, the generator's RGB layer 14 vs
+    17 ms; with oneDNN's first choice they had been slower)."""
     if w_shape[3] <= THIN_OUTPUT_CHANNELS:
         return False
-    if op == ONEDNN_INPUT_GRAD:
-        return x_shape[3] > THIN_OUTPUT_CHANNELS
     if op == ONEDNN_KERNEL_GRAD:
-        return dy_hw[0] * dy_hw[1] > 16
+        return dy_hw[0] * dy_hw[1] >= w_shape[0] * w_shape[1]
     return True
 
 

@@ -8,6 +8,12 @@ user cache directory), registers the handlers and calls them. It needs the `oned
 wheel (a dependency on Linux x86_64) and a C++ compiler; without either,
 `available()` is False with the reason in `unavailable_reason()`, and jaxgan's layers use
 XLA's own convolutions.
+
+The first time a process meets a convolution shape, the handlers time each of oneDNN's
+implementations for it and keep the fastest (a few tenths of a second per shape, a few
+seconds for a model's first step); the choices go to `tuning_file()`, one file per CPU model
+and thread count, so later runs on the machine start at full speed. JAXGAN_ONEDNN_TUNE=0
+(or `set_tuning(False)` before the first step) keeps oneDNN's own first choice.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ DISTRIBUTION = "onednn-cpu-gomp"
 LIBRARY = "libdnnl.so.3"
 _TARGETS = ("forward", "backward_data", "backward_weights")
 _reason: str | None = None
+_tune = os.environ.get("JAXGAN_ONEDNN_TUNE", "1") != "0"
 
 
 def library_path() -> Path | None:
@@ -84,6 +91,62 @@ def _build(lib: Path) -> Path:
     return out
 
 
+def _threads() -> int:
+    """oneDNN's thread count: OpenMP's, every core this process may run on by default."""
+    try:
+        return int(os.environ["OMP_NUM_THREADS"].split(",")[0])
+    except (KeyError, ValueError):
+        return len(os.sched_getaffinity(0))
+
+
+def tuning_file() -> Path:
+    """Where the fastest implementation per convolution shape is kept: one file per CPU
+    (model name and flags), thread count and libdnnl, since each of those changes the answer."""
+    cpu = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = "".join(line for line in f if line.startswith(("model name", "flags")))
+    except OSError:
+        pass
+    key = hashlib.sha256(b"\0".join([cpu.encode(), str(_threads()).encode(),
+                                     str(library_path()).encode()])).hexdigest()[:16]
+    return _cache_dir() / f"onednn_tuning-{key}.tsv"
+
+
+def _configure(handlers) -> None:
+    path = tuning_file()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        name = str(path).encode()
+    except OSError:  # an unwritable cache: the choices stay in this process
+        name = b""
+    handlers.jaxgan_onednn_configure(ctypes.c_char_p(name), ctypes.c_int(int(_tune)))
+
+
+def set_tuning(enabled: bool) -> None:
+    """Whether shapes not measured yet are timed per implementation (the default) or run with
+    oneDNN's first choice. Affects the shapes a process has not run yet."""
+    global _tune
+    _tune = bool(enabled)
+    if _load():
+        _configure(_handlers())
+
+
+def tuning_stats() -> tuple[int, float]:
+    """(shapes this process timed its implementations for, seconds that took); (0, 0.0)
+    without oneDNN."""
+    if not _load():
+        return 0, 0.0
+    tuned, seconds = ctypes.c_int64(), ctypes.c_double()
+    _handlers().jaxgan_onednn_tuning_stats(ctypes.byref(tuned), ctypes.byref(seconds))
+    return tuned.value, seconds.value
+
+
+@functools.cache
+def _handlers():
+    return ctypes.cdll.LoadLibrary(str(_build(library_path())))
+
+
 @functools.cache
 def _load() -> bool:
     global _reason
@@ -98,7 +161,7 @@ def _load() -> bool:
     # threads need next; read by libgomp when it loads
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     try:
-        handlers = ctypes.cdll.LoadLibrary(str(_build(lib)))
+        handlers = _handlers()
     except OSError as e:
         _reason = str(e).splitlines()[0]
         return False
@@ -108,6 +171,7 @@ def _load() -> bool:
         target = f"jaxgan_onednn_conv_{name}"
         jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(handlers, target)),
                                     platform="cpu")
+    _configure(handlers)
     return True
 
 
@@ -139,6 +203,9 @@ def supports(x_shape, w_shape, strides, pads, dtype) -> bool:
 def _call(name: str, a, b, out_shape, strides, pads):
     import jax
     import jax.numpy as jnp
+
+    if not _load():  # registers the handlers; `conv` may be the first thing a caller uses
+        raise RuntimeError(f"jaxgan's oneDNN convolutions are unavailable: {_reason}")
 
     return jax.ffi.ffi_call(f"jaxgan_onednn_conv_{name}",
                             jax.ShapeDtypeStruct(tuple(out_shape), jnp.float32))(

@@ -57,7 +57,10 @@ Knobs for profiling jaxgan (monkeypatched here; jaxgan itself is not changed):
                                        sub-pixel form; 0 = always by phases),
                                        thin_gemm_max_channels
                                        (layers.THIN_GEMM_MAX_CHANNELS: thinnest side of a
-                                       stride-1 conv computed as GEMMs; 0 = off)
+                                       stride-1 conv computed as GEMMs; 0 = off), onednn
+                                       (layers.ONEDNN_OPS: 0 = XLA's convolutions),
+                                       onednn_tune (0: oneDNN's first implementation per
+                                       shape instead of the fastest measured one)
   --variants torch-eager:preload=LIB;keep_memory=1,...   the two keys for every
                                        implementation: preload starts the worker with LIB in
                                        LD_PRELOAD (e.g. libtcmalloc_minimal.so.4, an allocator
@@ -225,6 +228,8 @@ def _jax_worker(spec: dict, send) -> None:
     if spec.get("conv", "auto") != "auto":
         layers.default_conv_impl = lambda backend: spec["conv"]
     apply_layer_knobs(spec)
+    if spec.get("onednn_tune") is not None:
+        onednn.set_tuning(spec["onednn_tune"] == "1")
     apply_step_options(spec.get("step_options"))
     dtype = jnp.bfloat16 if spec["dtype"] == "bfloat16" else jnp.float32
     c = hw6_config(spec["loss"], spec["batch"], spec["critic_loop"])
@@ -253,6 +258,7 @@ def _jax_worker(spec: dict, send) -> None:
     for _ in range(spec["warmup"]):
         state, _ = step(state, data)
     jax.block_until_ready(state)
+    info["onednn_tuned"] = onednn.tuning_stats()  # the shapes the warm-up step timed
 
     def run(n):
         nonlocal state
@@ -545,7 +551,7 @@ VARIANT_KEYS = {"upsample": ("auto", "phase", "subpixel", "transpose"),
                 "critic_loop": ("auto", "scan", "unrolled"), "xla_flags": None,
                 "conv": ("auto", "fast", "table", "xla"), **dict.fromkeys(LAYER_KNOBS, int),
                 "step_options": STEP_OPTIONS, "preload": None,
-                "keep_memory": ("0", "1")}
+                "keep_memory": ("0", "1"), "onednn_tune": ("0", "1")}
 # how a worker process starts or allocates, so valid for any implementation
 PROCESS_KEYS = {"preload", "keep_memory"}
 
@@ -694,7 +700,7 @@ def main(argv=None) -> int:
                     "conv": kv.get("conv", args.conv),
                     **{key: kv.get(key) for key in LAYER_KNOBS},
                     "step_options": kv.get("step_options"), "gemm_peak": args.gemm_peak,
-                    "keep_memory": kv.get("keep_memory"),
+                    "keep_memory": kv.get("keep_memory"), "onednn_tune": kv.get("onednn_tune"),
                     "count_flops": count_flops and impl == "jaxgan" and not kv}
             w = Worker(_label(impl, kv), sys.executable if impl == "jaxgan" else torch_python,
                        spec, worker_env(env, kv), log)
@@ -788,7 +794,9 @@ def _report(loss: str, workers, args) -> list[dict]:
                          f"gemm<={i['thin_gemm_max_channels']} "
                          f"onednn={i['onednn']} ({i['onednn_calls']} calls"
                          + (f", unavailable: {i['onednn_unavailable']}"
-                            if i["onednn_unavailable"] else "") + ") "
+                            if i["onednn_unavailable"] else "")
+                         + (", {} shapes tuned in {:.1f}s".format(*i["onednn_tuned"])
+                            if i.get("onednn_tuned", (0,))[0] else "") + ") "
                          f"kept_memory={i['kept_memory']} "
                          f"options={i['step_options']} trace+lower {i['trace_lower_s']:.1f}s "
                          f"+ XLA {w.info['xla_compile_s']:.1f}s")

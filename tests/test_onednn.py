@@ -150,3 +150,86 @@ def test_build_failure_is_one_clear_line(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="building jaxgan's oneDNN handlers failed"):
         onednn._build(onednn.library_path())
     assert not any(p.suffix == ".so" for p in tmp_path.rglob("*"))  # no half-written library
+
+
+def test_onednn_suits_the_measured_shapes():
+    """Which HW6 operations go to oneDNN (`layers._onednn_suits`): not the 1-channel head, not
+    a kernel gradient over fewer dy positions than kernel taps (the generator's first layer),
+    yes the 3-channel input gradients (the critic's first layer)."""
+    suits, fwd, dx, dw = (layers._onednn_suits, layers.ONEDNN_FORWARD, layers.ONEDNN_INPUT_GRAD,
+                          layers.ONEDNN_KERNEL_GRAD)
+    assert not suits(fwd, (64, 4, 4, 512), (4, 4, 512, 1), (1, 1))
+    assert not suits(dw, (64, 8, 8, 256), (5, 5, 256, 512), (4, 4))
+    assert suits(dw, (64, 8, 8, 256), (4, 4, 256, 512), (4, 4))
+    assert suits(dx, (64, 64, 64, 3), (4, 4, 3, 64), (32, 32))
+    assert suits(fwd, (64, 64, 64, 3), (4, 4, 3, 64), (32, 32))
+
+
+def test_calling_without_onednn_is_a_clear_error(monkeypatch):
+    monkeypatch.setattr(onednn, "_load", lambda: False)
+    monkeypatch.setattr(onednn, "_reason", "onednn-cpu-gomp is not installed")
+    x, kernel, _ = _operands(*SHAPES[0])
+    with pytest.raises(RuntimeError, match="unavailable: onednn-cpu-gomp is not installed"):
+        onednn.conv(x, kernel, (2, 2), SHAPES[0][-1])
+
+
+# A fresh process (the choices live in the handlers' process-wide state): one conv of a
+# shape no other test uses, then what the handlers measured, checked against lax.
+_TUNING_RUN = """
+import json, sys
+import jax.numpy as jnp, numpy as np
+from jax import lax
+from jaxgan import onednn
+x = jnp.asarray(np.random.default_rng(0).standard_normal((3, 9, 9, 5)), jnp.float32)
+w = jnp.asarray(np.random.default_rng(1).standard_normal((3, 3, 5, 7)), jnp.float32)
+pads = ((1, 1), (1, 1))
+got = onednn.conv(x, w, (2, 2), pads)
+want = lax.conv_general_dilated(x, w, (2, 2), pads, dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                precision=lax.Precision.HIGHEST)
+print(json.dumps({"err": float(jnp.abs(got - want).max()), "stats": onednn.tuning_stats(),
+                  "file": str(onednn.tuning_file())}))
+"""
+
+
+def _tuning_run(cache, tune="1"):
+    import json
+    import subprocess
+    import sys
+
+    env = dict(os.environ, XDG_CACHE_HOME=str(cache), JAXGAN_ONEDNN_TUNE=tune,
+               JAX_PLATFORMS="cpu")
+    out = subprocess.run([sys.executable, "-c", _TUNING_RUN], env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@needs_onednn
+def test_implementation_choice_is_measured_once_and_read_back(tmp_path):
+    """The first process times the shape's implementations and records the fastest; the next
+    one reads it instead of timing again; a record naming an implementation this oneDNN lacks
+    (or a garbled line) falls back to oneDNN's first choice. Values equal lax's every time."""
+    first = _tuning_run(tmp_path)
+    assert first["err"] < 1e-4
+    tuned, seconds = first["stats"]
+    assert tuned == 1 and seconds > 0
+    lines = open(first["file"]).read().splitlines()
+    assert len(lines) == 1
+    shape, impl = lines[0].split("\t")
+    assert shape.startswith("0,3,5,9,9,7,3,3,5,5,2,2") and impl
+
+    again = _tuning_run(tmp_path)
+    assert again["stats"] == [0, 0.0] and again["err"] < 1e-4
+    assert open(first["file"]).read().splitlines() == lines  # nothing appended
+
+    with open(first["file"], "w") as f:
+        f.write(f"garbled line without a tab\n{shape}\tno-such-implementation\n")
+    fallback = _tuning_run(tmp_path)
+    assert fallback["stats"] == [0, 0.0] and fallback["err"] < 1e-4
+
+
+@needs_onednn
+def test_tuning_off_keeps_onednns_first_choice(tmp_path):
+    off = _tuning_run(tmp_path, tune="0")
+    assert off["stats"] == [0, 0.0] and off["err"] < 1e-4
+    assert not os.path.exists(off["file"]) or not open(off["file"]).read()

@@ -9,13 +9,25 @@
 // oneDNN is called through the few functions of its stable C API declared below (no oneDNN
 // headers needed; libdnnl.so.3 comes from the `onednn-cpu-gomp` wheel). Primitives are built
 // once per shape and kept; calls are serialized (oneDNN's own threads use every core).
+//
+// Implementation choice: oneDNN's first implementation for a shape is its heuristic's pick,
+// tuned on Intel cores; on others another one can be faster (Zen 4: its older jit kernels beat
+// the brgemm ones by up to 17% on some DCGAN layers; BUILD_NOTES.md, session 32). So the first
+// time a shape is seen, each of its implementations runs on the call's own buffers and the
+// fastest is kept, the way cuDNN is autotuned; the choice is appended to a file
+// (`jaxgan_onednn_configure`, one per CPU model and thread count) and read back by later
+// processes, so only the first run on a machine pays for it.
+#include <algorithm>
 #include <array>
+#include <chrono>
+#include <cstdio>
 #include <cstdint>
 #include <map>
 #include <memory>
 #include <mutex>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "xla/ffi/api/ffi.h"
@@ -55,6 +67,9 @@ dnnl_status dnnl_reorder_primitive_desc_create(dnnl_handle* pd, const void* src_
     dnnl_handle src_engine, const void* dst_md, dnnl_handle dst_engine, const void* attr);
 const void* dnnl_primitive_desc_query_md(const void* pd, int what, int index);
 dnnl_status dnnl_primitive_desc_destroy(dnnl_handle pd);
+dnnl_status dnnl_primitive_desc_next_impl(dnnl_handle pd);
+dnnl_status dnnl_primitive_desc_query(const void* pd, int what, int index, void* result);
+dnnl_status dnnl_primitive_destroy(dnnl_handle primitive);
 dnnl_status dnnl_primitive_create(dnnl_handle* primitive, const void* pd);
 dnnl_status dnnl_primitive_execute(const void* primitive, dnnl_handle stream, int nargs,
     const dnnl_exec_arg* args);
@@ -65,7 +80,7 @@ namespace {
 // oneDNN C API constants (dnnl_types.h, stable across oneDNN 3.x).
 constexpr int kCpu = 1, kInOrder = 1, kF32 = 3, kTagAny = 1;
 constexpr int kForwardTraining = 64, kConvolutionDirect = 1;
-constexpr int kQueryWeightsMd = 131, kQueryDiffWeightsMd = 132;
+constexpr int kQueryWeightsMd = 131, kQueryDiffWeightsMd = 132, kQueryImplInfoStr = 8;
 constexpr int kArgSrc = 1, kArgDst = 17, kArgWeights = 33;
 constexpr int kArgDiffSrc = 129, kArgDiffDst = 145, kArgDiffWeights = 161;
 
@@ -125,6 +140,35 @@ void Execute(dnnl_handle prim, std::vector<dnnl_exec_arg> args) {
   Check(dnnl_primitive_execute(prim, GetContext().stream, args.size(), args.data()), "execute");
 }
 
+// Which implementation each shape uses: measured once (`Tune`), kept in `choices` and in
+// `file`. Guarded by the handlers' mutex.
+struct Tuning {
+  bool enabled = true;
+  std::string file;                                 // "" keeps the choices in memory only
+  std::map<std::string, std::string> choices;       // shape text -> implementation name
+  int64_t tuned = 0;                                // shapes measured by this process
+  double seconds = 0;                               // and the time that took
+};
+
+Tuning& GetTuning() {
+  static Tuning* tuning = new Tuning();
+  return *tuning;
+}
+
+std::string ImplName(const void* pd) {
+  const char* name = nullptr;
+  if (dnnl_primitive_desc_query(pd, kQueryImplInfoStr, 0, &name) != 0 || !name) return "";
+  return name;
+}
+
+// Not tried: oneDNN's reference and SSE4.1 kernels (a hundred times slower where a vector
+// kernel exists, a trial run of seconds) and its im2col + GEMM ones, whose backward-data
+// execute failed now and then (status 2) while XLA ran another operation beside it.
+bool WorthTrying(const std::string& name) {
+  return name.rfind("ref", 0) != 0 && name.find("sse41") == std::string::npos &&
+         name.find("gemm") == std::string::npos;
+}
+
 // One convolution of one shape: its primitive, and a reorder between the kernel's HWIO
 // layout and the blocked layout oneDNN's kernel wants (absent when they are the same).
 struct Plan {
@@ -137,10 +181,55 @@ struct Plan {
 // kind, x [N, C, H, W], w [O, KH, KW], y [OH, OW], strides, pads low, pads high
 using Key = std::array<int64_t, 16>;
 
+std::string KeyText(const Key& key) {
+  std::string text;
+  for (int64_t v : key) text += (text.empty() ? "" : ",") + std::to_string(v);
+  return text;
+}
+
+// Seconds of one run of the primitive `pd` describes, on the call's own activations and a
+// scratch kernel (a trial run's results are overwritten by the real one); the fastest of two
+// runs after one that warms up (page faults, code generation). Stops after the first timed
+// run when that is already slower than `give_up`.
+double TrialSeconds(const void* pd, Kind kind, const MemoryDesc& src, const MemoryDesc& dst,
+                    float* x_data, float* y_data, int weights_query, double give_up) {
+  auto& ctx = GetContext();
+  const void* weights_md = dnnl_primitive_desc_query_md(pd, weights_query, 0);
+  std::vector<float> scratch(dnnl_memory_desc_get_size(weights_md) / sizeof(float), 0.0f);
+  dnnl_handle prim = MakePrimitive(pd);
+  Memory s(src.md, x_data), d(dst.md, y_data), wts(weights_md, scratch.data());
+  std::vector<dnnl_exec_arg> args;
+  if (kind == kForward) {
+    args = {{kArgSrc, s.mem}, {kArgWeights, wts.mem}, {kArgDst, d.mem}};
+  } else if (kind == kBackwardData) {
+    args = {{kArgDiffDst, d.mem}, {kArgWeights, wts.mem}, {kArgDiffSrc, s.mem}};
+  } else {
+    args = {{kArgSrc, s.mem}, {kArgDiffDst, d.mem}, {kArgDiffWeights, wts.mem}};
+  }
+  double best = 1e30;
+  try {
+    for (int run = 0; run < 3; ++run) {
+      auto start = std::chrono::steady_clock::now();
+      Execute(prim, args);
+      Check(dnnl_stream_wait(ctx.stream), "stream_wait");
+      std::chrono::duration<double> took = std::chrono::steady_clock::now() - start;
+      if (run > 0) best = std::min(best, took.count());
+      if (run == 1 && best > give_up) break;
+    }
+  } catch (...) {
+    dnnl_primitive_destroy(prim);
+    throw;
+  }
+  dnnl_primitive_destroy(prim);
+  return best;
+}
+
 // dims are oneDNN's logical order: x [N, C, H, W], w [O, I, KH, KW], y [N, O, OH, OW].
-std::unique_ptr<Plan> BuildPlan(Kind kind, std::vector<int64_t> x, std::vector<int64_t> w,
-                                std::vector<int64_t> y, const int64_t* strides,
-                                const int64_t* pad_l, const int64_t* pad_r) {
+// x_data / y_data are the call's buffers, which tuning may run on.
+std::unique_ptr<Plan> BuildPlan(Kind kind, const Key& key, std::vector<int64_t> x,
+                                std::vector<int64_t> w, std::vector<int64_t> y,
+                                const int64_t* strides, const int64_t* pad_l,
+                                const int64_t* pad_r, float* x_data, float* y_data) {
   auto& ctx = GetContext();
   auto plan = std::make_unique<Plan>();
   plan->src = MemoryDesc(x, "acdb");
@@ -153,19 +242,71 @@ std::unique_ptr<Plan> BuildPlan(Kind kind, std::vector<int64_t> x, std::vector<i
             &fwd_pd, ctx.engine, kForwardTraining, kConvolutionDirect, plan->src.md,
             weights_any.md, nullptr, plan->dst.md, strides, dilates, pad_l, pad_r, nullptr),
         "convolution forward desc");
-  dnnl_handle pd = fwd_pd;
-  int weights_query = kQueryWeightsMd;
-  if (kind == kBackwardData) {
-    Check(dnnl_convolution_backward_data_primitive_desc_create(
-              &pd, ctx.engine, kConvolutionDirect, plan->src.md, weights_any.md, plan->dst.md,
-              strides, dilates, pad_l, pad_r, fwd_pd, nullptr),
-          "convolution backward data desc");
-  } else if (kind == kBackwardWeights) {
-    Check(dnnl_convolution_backward_weights_primitive_desc_create(
-              &pd, ctx.engine, kConvolutionDirect, plan->src.md, weights_any.md, nullptr,
-              plan->dst.md, strides, dilates, pad_l, pad_r, fwd_pd, nullptr),
-          "convolution backward weights desc");
-    weights_query = kQueryDiffWeightsMd;
+  int weights_query = kind == kBackwardWeights ? kQueryDiffWeightsMd : kQueryWeightsMd;
+  // a descriptor at oneDNN's first implementation (forward: fwd_pd itself)
+  auto first_pd = [&]() {
+    dnnl_handle pd = fwd_pd;
+    if (kind == kForward) {
+      Check(dnnl_convolution_forward_primitive_desc_create(
+                &pd, ctx.engine, kForwardTraining, kConvolutionDirect, plan->src.md,
+                weights_any.md, nullptr, plan->dst.md, strides, dilates, pad_l, pad_r, nullptr),
+            "convolution forward desc");
+    } else if (kind == kBackwardData) {
+      Check(dnnl_convolution_backward_data_primitive_desc_create(
+                &pd, ctx.engine, kConvolutionDirect, plan->src.md, weights_any.md,
+                plan->dst.md, strides, dilates, pad_l, pad_r, fwd_pd, nullptr),
+            "convolution backward data desc");
+    } else {
+      Check(dnnl_convolution_backward_weights_primitive_desc_create(
+                &pd, ctx.engine, kConvolutionDirect, plan->src.md, weights_any.md, nullptr,
+                plan->dst.md, strides, dilates, pad_l, pad_r, fwd_pd, nullptr),
+            "convolution backward weights desc");
+    }
+    return pd;
+  };
+  dnnl_handle pd = first_pd();
+  auto& tuning = GetTuning();
+  if (tuning.enabled) {
+    const std::string text = KeyText(key);
+    auto known = tuning.choices.find(text);
+    std::string choice;
+    if (known != tuning.choices.end()) {
+      choice = known->second;
+    } else {  // measure every implementation worth a try, keep the fastest
+      auto start = std::chrono::steady_clock::now();
+      double best = 1e30;
+      do {
+        std::string name = ImplName(pd);
+        if (!WorthTrying(name)) continue;
+        double t;
+        try {
+          t = TrialSeconds(pd, kind, plan->src, plan->dst, x_data, y_data, weights_query,
+                           1.5 * best);
+        } catch (const Failure&) {
+          continue;  // an implementation that fails to run is not a candidate
+        }
+        if (t < best) best = t, choice = name;
+      } while (dnnl_primitive_desc_next_impl(pd) == 0);
+      dnnl_primitive_desc_destroy(pd);
+      pd = first_pd();
+      tuning.choices[text] = choice;
+      tuning.tuned += 1;
+      tuning.seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - start)
+                            .count();
+      if (!tuning.file.empty() && !choice.empty()) {
+        if (FILE* f = std::fopen(tuning.file.c_str(), "a")) {  // one line, appended whole
+          std::fprintf(f, "%s\t%s\n", text.c_str(), choice.c_str());
+          std::fclose(f);
+        }
+      }
+    }
+    // step to the chosen implementation; a name this oneDNN lacks keeps its first choice
+    std::string name = ImplName(pd);
+    while (name != choice && dnnl_primitive_desc_next_impl(pd) == 0) name = ImplName(pd);
+    if (name != choice) {
+      if (pd != fwd_pd) dnnl_primitive_desc_destroy(pd);
+      pd = first_pd();
+    }
   }
   plan->conv = MakePrimitive(pd);
   plan->weights_blocked = dnnl_primitive_desc_query_md(pd, weights_query, 0);
@@ -226,7 +367,7 @@ ffi::Error Run(Kind kind, ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::F32> b,
   std::lock_guard<std::mutex> lock(mutex);
   try {
     auto& plan = Plans()[key];
-    if (!plan) plan = BuildPlan(kind, x, w, y, st, lo, hi);
+    if (!plan) plan = BuildPlan(kind, key, x, w, y, st, lo, hi, x_data, y_data);
     Memory src(plan->src.md, x_data), dst(plan->dst.md, y_data);
     Memory weights_user(plan->weights_user.md, w_data);
     std::unique_ptr<Memory> blocked;
@@ -263,6 +404,35 @@ ffi::Error RunKind(ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::F32> b,
 }
 
 }  // namespace
+
+// Called from Python (ctypes) before the first convolution: where the implementation choices
+// persist ("" or null: nowhere), and whether to measure at all (0: oneDNN's first choice).
+// Reads the file's "shape<TAB>implementation" lines; unreadable lines are skipped.
+extern "C" void jaxgan_onednn_configure(const char* file, int tune) {
+  std::lock_guard<std::mutex> lock(mutex);
+  auto& tuning = GetTuning();
+  tuning.enabled = tune != 0;
+  tuning.file = file ? file : "";
+  if (tuning.file.empty()) return;
+  if (FILE* f = std::fopen(tuning.file.c_str(), "r")) {
+    char line[512];
+    while (std::fgets(line, sizeof line, f)) {
+      std::string text(line);
+      auto tab = text.find('\t');
+      auto end = text.find('\n');
+      if (tab == std::string::npos || end == std::string::npos || end <= tab + 1) continue;
+      tuning.choices[text.substr(0, tab)] = text.substr(tab + 1, end - tab - 1);
+    }
+    std::fclose(f);
+  }
+}
+
+// Shapes this process measured, and the seconds that took.
+extern "C" void jaxgan_onednn_tuning_stats(int64_t* tuned, double* seconds) {
+  std::lock_guard<std::mutex> lock(mutex);
+  *tuned = GetTuning().tuned;
+  *seconds = GetTuning().seconds;
+}
 
 #define JAXGAN_CONV_HANDLER(name, kind)                                             \
   XLA_FFI_DEFINE_HANDLER_SYMBOL(name, RunKind<kind>,                                \
