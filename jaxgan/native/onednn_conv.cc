@@ -140,8 +140,8 @@ void Execute(dnnl_handle prim, std::vector<dnnl_exec_arg> args) {
   Check(dnnl_primitive_execute(prim, GetContext().stream, args.size(), args.data()), "execute");
 }
 
-// Which implementation each shape uses: measured once (`Tune`), kept in `choices` and in
-// `file`. Guarded by the handlers' mutex.
+// Which implementation each shape uses: measured once (in `BuildPlan`), kept in `choices`
+// and in `file`. Guarded by the handlers' mutex.
 struct Tuning {
   bool enabled = true;
   std::string file;                                 // "" keeps the choices in memory only
@@ -237,21 +237,21 @@ std::unique_ptr<Plan> BuildPlan(Kind kind, const Key& key, std::vector<int64_t> 
   plan->weights_user = MemoryDesc(w, "cdba");
   MemoryDesc weights_any = MemoryDesc::Any(w);
   const int64_t dilates[2] = {0, 0};
-  dnnl_handle fwd_pd;
-  Check(dnnl_convolution_forward_primitive_desc_create(
-            &fwd_pd, ctx.engine, kForwardTraining, kConvolutionDirect, plan->src.md,
-            weights_any.md, nullptr, plan->dst.md, strides, dilates, pad_l, pad_r, nullptr),
-        "convolution forward desc");
+  auto forward_pd = [&]() {
+    dnnl_handle pd;
+    Check(dnnl_convolution_forward_primitive_desc_create(
+              &pd, ctx.engine, kForwardTraining, kConvolutionDirect, plan->src.md,
+              weights_any.md, nullptr, plan->dst.md, strides, dilates, pad_l, pad_r, nullptr),
+          "convolution forward desc");
+    return pd;
+  };
+  dnnl_handle fwd_pd = forward_pd();  // the backward descriptors' hint
   int weights_query = kind == kBackwardWeights ? kQueryDiffWeightsMd : kQueryWeightsMd;
-  // a descriptor at oneDNN's first implementation (forward: fwd_pd itself)
+  // a new descriptor at oneDNN's first implementation (tuning steps it through the others)
   auto first_pd = [&]() {
-    dnnl_handle pd = fwd_pd;
-    if (kind == kForward) {
-      Check(dnnl_convolution_forward_primitive_desc_create(
-                &pd, ctx.engine, kForwardTraining, kConvolutionDirect, plan->src.md,
-                weights_any.md, nullptr, plan->dst.md, strides, dilates, pad_l, pad_r, nullptr),
-            "convolution forward desc");
-    } else if (kind == kBackwardData) {
+    if (kind == kForward) return forward_pd();
+    dnnl_handle pd;
+    if (kind == kBackwardData) {
       Check(dnnl_convolution_backward_data_primitive_desc_create(
                 &pd, ctx.engine, kConvolutionDirect, plan->src.md, weights_any.md,
                 plan->dst.md, strides, dilates, pad_l, pad_r, fwd_pd, nullptr),
@@ -304,7 +304,7 @@ std::unique_ptr<Plan> BuildPlan(Kind kind, const Key& key, std::vector<int64_t> 
     std::string name = ImplName(pd);
     while (name != choice && dnnl_primitive_desc_next_impl(pd) == 0) name = ImplName(pd);
     if (name != choice) {
-      if (pd != fwd_pd) dnnl_primitive_desc_destroy(pd);
+      dnnl_primitive_desc_destroy(pd);
       pd = first_pd();
     }
   }
@@ -324,7 +324,7 @@ std::unique_ptr<Plan> BuildPlan(Kind kind, const Key& key, std::vector<int64_t> 
   }
   // The primitive keeps what it needs; the descriptors that answered the weights query stay
   // alive with the plan (weights_blocked points into pd).
-  if (pd != fwd_pd) dnnl_primitive_desc_destroy(fwd_pd);
+  dnnl_primitive_desc_destroy(fwd_pd);  // only the hint: pd is a descriptor of its own
   return plan;
 }
 
