@@ -19,6 +19,7 @@ and thread count, so later runs on the machine start at full speed. JAXGAN_ONEDN
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import functools
 import hashlib
 import os
@@ -140,6 +141,67 @@ def tuning_stats() -> tuple[int, float]:
     tuned, seconds = ctypes.c_int64(), ctypes.c_double()
     _handlers().jaxgan_onednn_tuning_stats(ctypes.byref(tuned), ctypes.byref(seconds))
     return tuned.value, seconds.value
+
+
+OPERATIONS = ("forward", "backward_data", "backward_weights")  # the handlers' Kind order
+
+
+@dataclasses.dataclass(frozen=True)
+class CallStats:
+    """One convolution shape's calls: `op` (an OPERATIONS name) of the forward conv
+    x [n, h, w, cin] -> [n, out_h, out_w, cout] with a kh x kw kernel; `busy_s` is the time
+    oneDNN worked on them, `waiting_s` the time they waited for another call to finish (the
+    handlers run one call at a time: each uses every core)."""
+    op: str
+    n: int
+    h: int
+    w: int
+    cin: int
+    out_h: int
+    out_w: int
+    cout: int
+    kh: int
+    kw: int
+    strides: tuple[int, int]
+    calls: int
+    busy_s: float
+    waiting_s: float
+
+    @property
+    def label(self) -> str:
+        return (f"{self.op} {self.h}x{self.w}x{self.cin}->{self.out_h}x{self.out_w}x{self.cout}"
+                f" k{self.kh}x{self.kw} s{self.strides[0]}")
+
+
+def _parse_call_stats(text: str) -> list[CallStats]:
+    """The handlers' "shape<TAB>calls<TAB>busy<TAB>waiting" lines; the shape is their Key:
+    kind, n, cin, h, w, cout, kh, kw, out_h, out_w, strides (2), pads low (2), high (2)."""
+    stats = []
+    for line in text.splitlines():
+        shape, calls, busy, waiting = line.split("\t")
+        k = [int(v) for v in shape.split(",")]
+        stats.append(CallStats(OPERATIONS[k[0]], n=k[1], cin=k[2], h=k[3], w=k[4], cout=k[5],
+                               kh=k[6], kw=k[7], out_h=k[8], out_w=k[9], strides=(k[10], k[11]),
+                               calls=int(calls), busy_s=float(busy), waiting_s=float(waiting)))
+    return stats
+
+
+def call_stats(reset: bool = False) -> list[CallStats]:
+    """The convolutions this process ran through oneDNN since the last reset, one entry per
+    shape and operation, busiest first ([] without oneDNN). A profiler's events for these
+    custom calls include the waiting; `busy_s` is the work."""
+    if not _load():
+        return []
+    size = 1 << 14
+    while True:
+        buf = ctypes.create_string_buffer(size)
+        read = _handlers().jaxgan_onednn_call_stats
+        read.restype = ctypes.c_int64
+        needed = read(buf, ctypes.c_int64(size), ctypes.c_int(int(reset)))
+        if needed < size:
+            break
+        size = needed + 1
+    return sorted(_parse_call_stats(buf.value.decode()), key=lambda s: -s.busy_s)
 
 
 @functools.cache

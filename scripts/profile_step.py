@@ -18,7 +18,10 @@ which this script adds to XLA_FLAGS). Printed per step:
   * time by model layer and pass (forward, backward, second order), from the HLO's JAX names;
   * the slowest operations with their convolution or dot shapes, FLOPs (2 x output elements x
     contraction length, from the compiled HLO) and the GFLOP/s they ran at, or for a fusion the
-    GB/s it ran at (one far below the others reads an operand in a slow order).
+    GB/s it ran at (one far below the others reads an operand in a slow order);
+  * where oneDNN's convolutions run (`layers.ONEDNN_OPS`): their time by the handlers' own
+    clocks (`onednn.call_stats`), per shape and operation with its FLOP rate, and the time
+    calls spent waiting for one another, which the custom calls' events include.
 
 Only YNNPACK's calls (`ynn_fusion`) are timed as work. Convolutions and dots that XLA:CPU runs
 with its own Eigen kernels (all of them with jax 0.8; those of the step compiled without YNNPACK,
@@ -302,7 +305,7 @@ def main(argv=None) -> int:
     import jax
 
     from benchmark import apply_step_options, jax_gemm_gflops
-    from jaxgan import host_memory, layers
+    from jaxgan import host_memory, layers, onednn
 
     host_memory.keep_freed_memory()  # as jaxgan.train runs; before the first computation
     if jax.default_backend() != "cpu":
@@ -315,8 +318,10 @@ def main(argv=None) -> int:
     untimed = launch_timed(ops)
     state, _ = _run_steps(step, state, data, args.warmup)
     trace_dir = tempfile.mkdtemp(prefix="jaxgan-profile-")
+    onednn.call_stats(reset=True)  # count the profiled steps' calls only
     with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
         state, wall = _run_steps(step, state, data, args.steps, block_each=True)
+    onednn_calls = onednn.call_stats(reset=True)
     [path] = glob.glob(os.path.join(trace_dir, "**", "*.trace.json.gz"), recursive=True)
     with gzip.open(path) as f:
         events = [e for e in json.load(f)["traceEvents"] if e.get("ph") == "X"]
@@ -337,6 +342,8 @@ def main(argv=None) -> int:
               "kernels, whose events may time only their launch:\n# no FLOP rate is printed for "
               f"them ('launch'); their work is in the wall time{hint}")
     print("\n".join(cpu_tables(rows, hlo, untimed, args.top)))
+    if onednn_calls:
+        print("\n".join(onednn_table(onednn_calls, args.steps, wall, args.top)))
     if args.peak_matmul:
         print(f"\n2048^3 matmul: f32 {jax_gemm_gflops('float32'):.0f} GFLOP/s, "
               f"bf16 {jax_gemm_gflops('bfloat16'):.0f} GFLOP/s")
@@ -456,6 +463,26 @@ def cpu_tables(rows: list[dict], hlo: str, untimed: set[str], top: int) -> list[
                 f"{r['gbytes'] * r['runs'] / r['ms'] * 1e3:5.1f} GB" if r["gbytes"] else
                 "       -")
         lines.append(f"{r['ms']:7.1f} {rate}  {r['op']:<28} {r['desc'] or r['layer']}")
+    return lines
+
+
+def onednn_table(calls: list, steps: int, wall_s: float, top: int) -> list[str]:
+    """oneDNN's convolutions by the handlers' own clocks (`onednn.call_stats`): the time they
+    worked, against the wall, and the time calls spent waiting for one another, which the
+    ffi_call events above include (two XLA threads call; the handlers run one call at a time)."""
+    busy = sum(c.busy_s for c in calls) / steps * 1e3
+    waiting = sum(c.waiting_s for c in calls) / steps * 1e3
+    n = sum(c.calls for c in calls) / steps
+    lines = ["", "## oneDNN's convolutions, by the handlers' clocks (ms/step; GFLOP/s: 2 x output "
+             "elements x cin x kernel taps of the forward conv, padding taps included)",
+             f"busy {busy:.0f} ms/step in {n:.0f} calls ({100 * busy / (wall_s * 1e3):.0f}% of "
+             f"the wall); waiting for the lock {waiting:.0f} ms/step (in the ffi_call events, "
+             "not work); the rest of the wall is XLA's own work outside them"]
+    for c in calls[:top]:
+        flops = 2.0 * c.n * c.out_h * c.out_w * c.cout * c.cin * c.kh * c.kw
+        rate = flops * c.calls / c.busy_s / 1e9 if c.busy_s > 0 else float("nan")
+        lines.append(f"{c.busy_s / steps * 1e3:9.1f}  x{c.calls / steps:<4.0f} "
+                     f"{c.busy_s / c.calls * 1e3:6.1f} ms/call {rate:6.0f} GFLOP/s  {c.label}")
     return lines
 
 

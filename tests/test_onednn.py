@@ -233,3 +233,38 @@ def test_tuning_off_keeps_onednns_first_choice(tmp_path):
     off = _tuning_run(tmp_path, tune="0")
     assert off["stats"] == [0, 0.0] and off["err"] < 1e-4
     assert not os.path.exists(off["file"]) or not open(off["file"]).read()
+
+
+@needs_onednn
+def test_call_stats_count_each_shapes_calls_and_reset():
+    """The handlers' own clocks: one entry per shape and operation, named by the forward conv,
+    with every call counted and time spent; reset clears them."""
+    n, h, w, cin, cout, k, s, pads = SHAPES[0]
+    x, kernel, dy = _operands(*SHAPES[0])
+    st = (s, s)
+    forward = jax.jit(lambda x, w: onednn.conv(x, w, st, pads))
+    weights = jax.jit(lambda x, dy: onednn.conv_dw(x, dy, kernel.shape, st, pads))
+    jax.block_until_ready((forward(x, kernel), weights(x, dy)))  # plans built (and tuned)
+    onednn.call_stats(reset=True)
+    for _ in range(3):
+        forward(x, kernel).block_until_ready()
+    weights(x, dy).block_until_ready()
+    stats = {c.op: c for c in onednn.call_stats()}
+    assert set(stats) == {"forward", "backward_weights"}
+    fwd = stats["forward"]
+    assert (fwd.n, fwd.h, fwd.w, fwd.cin, fwd.out_h, fwd.out_w, fwd.cout, fwd.kh, fwd.kw,
+            fwd.strides) == (n, h, w, cin, 4, 4, cout, k, k, st)
+    assert fwd.label == "forward 8x8x16->4x4x32 k4x4 s2"
+    assert fwd.calls == 3 and stats["backward_weights"].calls == 1
+    assert all(c.busy_s > 0 and c.waiting_s >= 0 for c in stats.values())
+    assert onednn.call_stats(reset=True)  # still there until reset
+    assert onednn.call_stats() == []
+
+
+def test_call_stats_parse_the_handlers_lines():
+    text = ("1,64,128,16,16,256,5,5,8,8,2,2,2,2,1,1\t2\t0.080000\t0.010000\n"
+            "0,64,3,64,64,64,4,4,32,32,2,2,1,1,1,1\t3\t0.012000\t0.000000\n")
+    dx, fwd = onednn._parse_call_stats(text)
+    assert dx.op == "backward_data" and dx.calls == 2 and dx.busy_s == 0.08
+    assert dx.label == "backward_data 16x16x128->8x8x256 k5x5 s2"
+    assert fwd.label == "forward 64x64x3->32x32x64 k4x4 s2" and fwd.waiting_s == 0.0

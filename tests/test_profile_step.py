@@ -298,3 +298,25 @@ def test_layer_knobs_are_validated_and_set_before_compiling(monkeypatch, capsys)
     monkeypatch.setattr(layers, "S2D_MAX_CIN", 4)
     apply_layer_knobs({"thin_gemm_max_channels": 16, "s2d_max_cin": None})
     assert (layers.THIN_GEMM_MAX_CHANNELS, layers.S2D_MAX_CIN) == (16, 4)
+
+
+def test_onednn_table_reports_work_waiting_and_flop_rates():
+    """Per step: busy and waiting from the handlers' clocks, and each shape's FLOP rate (2 x
+    output elements x cin x taps of its forward conv) over its busy time."""
+    from profile_step import onednn_table
+
+    from jaxgan.onednn import CallStats
+
+    fwd = CallStats("forward", n=64, h=32, w=32, cin=64, out_h=16, out_w=16, cout=128, kh=4,
+                    kw=4, strides=(2, 2), calls=6, busy_s=0.12, waiting_s=0.03)
+    dw = CallStats("backward_weights", n=64, h=8, w=8, cin=256, out_h=4, out_w=4, cout=512,
+                   kh=4, kw=4, strides=(2, 2), calls=4, busy_s=0.1, waiting_s=0.0)
+    lines = onednn_table([fwd, dw], steps=2, wall_s=0.25, top=5)
+    text = "\n".join(lines)
+    # (0.12 + 0.1) / 2 steps = 110 ms/step of a 250 ms wall; 15 ms/step waiting; 5 calls/step
+    assert "busy 110 ms/step in 5 calls (44% of the wall); waiting for the lock 15 ms/step" in text
+    fwd_rate = 2 * 64 * 16 * 16 * 128 * 64 * 16 * 6 / 0.12 / 1e9  # 214.7 GFLOP/s
+    assert (f"     60.0  x3      20.0 ms/call {fwd_rate:6.0f} GFLOP/s  "
+            "forward 32x32x64->16x16x128 k4x4 s2") in lines
+    assert lines[-1].endswith("backward_weights 8x8x256->4x4x512 k4x4 s2")
+    assert len(onednn_table([fwd, dw], steps=2, wall_s=0.25, top=1)) == len(lines) - 1

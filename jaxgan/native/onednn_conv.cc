@@ -334,6 +334,28 @@ std::map<Key, std::unique_ptr<Plan>>& Plans() {
   return *plans;
 }
 
+// Per shape: calls, seconds inside the lock (oneDNN's work: reorders, convolution) and
+// seconds waiting for it. Why: a profiler's event for the custom call spans both, and with two
+// XLA threads calling, the waits are a third of the events' time (BUILD_NOTES.md, session 33).
+struct CallTimes { int64_t calls = 0; double busy = 0, waiting = 0; };
+std::map<Key, CallTimes>& Times() {  // guarded by the mutex
+  static auto* times = new std::map<Key, CallTimes>();
+  return *times;
+}
+
+// Adds one call's times when it goes out of scope (the lock is still held: declared after it).
+struct CallTimer {
+  using Clock = std::chrono::steady_clock;
+  const Key& key;
+  Clock::time_point asked, started;
+  ~CallTimer() {
+    auto& times = Times()[key];
+    times.calls += 1;
+    times.waiting += std::chrono::duration<double>(started - asked).count();
+    times.busy += std::chrono::duration<double>(Clock::now() - started).count();
+  }
+};
+
 // a: x (forward, weights) or dy (data); b: w (forward, data) or dy (weights); out: the result.
 ffi::Error Run(Kind kind, ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::F32> b,
                ffi::ResultBuffer<ffi::F32> out, ffi::Span<const int64_t> strides,
@@ -364,7 +386,9 @@ ffi::Error Run(Kind kind, ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::F32> b,
   const int64_t lo[2] = {pad_lo[0], pad_lo[1]}, hi[2] = {pad_hi[0], pad_hi[1]};
   Key key{kind, x[0], x[1], x[2], x[3], w[0], w[2], w[3], y[2], y[3], st[0], st[1], lo[0],
           lo[1], hi[0], hi[1]};
+  auto asked = CallTimer::Clock::now();
   std::lock_guard<std::mutex> lock(mutex);
+  CallTimer timer{key, asked, CallTimer::Clock::now()};
   try {
     auto& plan = Plans()[key];
     if (!plan) plan = BuildPlan(kind, key, x, w, y, st, lo, hi, x_data, y_data);
@@ -432,6 +456,27 @@ extern "C" void jaxgan_onednn_tuning_stats(int64_t* tuned, double* seconds) {
   std::lock_guard<std::mutex> lock(mutex);
   *tuned = GetTuning().tuned;
   *seconds = GetTuning().seconds;
+}
+
+// The calls since the last reset, one "shape<TAB>calls<TAB>busy s<TAB>waiting s" line per
+// shape, into buf (at most size bytes, NUL-terminated); returns the length the whole text needs
+// (call again with a larger buffer when it is >= size). reset: clear the counts afterwards.
+extern "C" int64_t jaxgan_onednn_call_stats(char* buf, int64_t size, int reset) {
+  std::lock_guard<std::mutex> lock(mutex);
+  std::string text;
+  char line[64];
+  for (const auto& [key, times] : Times()) {
+    std::snprintf(line, sizeof line, "\t%lld\t%.6f\t%.6f\n", static_cast<long long>(times.calls),
+                  times.busy, times.waiting);
+    text += KeyText(key) + line;
+  }
+  if (size > 0) {
+    auto n = std::min<int64_t>(text.size(), size - 1);
+    std::copy(text.begin(), text.begin() + n, buf);
+    buf[n] = '\0';
+  }
+  if (reset && static_cast<int64_t>(text.size()) < size) Times().clear();
+  return static_cast<int64_t>(text.size());
 }
 
 #define JAXGAN_CONV_HANDLER(name, kind)                                             \
