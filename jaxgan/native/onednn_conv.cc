@@ -181,6 +181,15 @@ struct Plan {
 // kind, x [N, C, H, W], w [O, KH, KW], y [OH, OW], strides, pads low, pads high
 using Key = std::array<int64_t, 16>;
 
+// A convolution primitive's arguments for each operation, with x / y / the kernel in that
+// operation's roles (y is dy for both backward passes, the kernel dw for the weights one).
+std::vector<dnnl_exec_arg> ConvArgs(Kind kind, dnnl_handle x, dnnl_handle weights,
+                                    dnnl_handle y) {
+  if (kind == kForward) return {{kArgSrc, x}, {kArgWeights, weights}, {kArgDst, y}};
+  if (kind == kBackwardData) return {{kArgDiffDst, y}, {kArgWeights, weights}, {kArgDiffSrc, x}};
+  return {{kArgSrc, x}, {kArgDiffDst, y}, {kArgDiffWeights, weights}};
+}
+
 std::string KeyText(const Key& key) {
   std::string text;
   for (int64_t v : key) text += (text.empty() ? "" : ",") + std::to_string(v);
@@ -198,14 +207,7 @@ double TrialSeconds(const void* pd, Kind kind, const MemoryDesc& src, const Memo
   std::vector<float> scratch(dnnl_memory_desc_get_size(weights_md) / sizeof(float), 0.0f);
   dnnl_handle prim = MakePrimitive(pd);
   Memory s(src.md, x_data), d(dst.md, y_data), wts(weights_md, scratch.data());
-  std::vector<dnnl_exec_arg> args;
-  if (kind == kForward) {
-    args = {{kArgSrc, s.mem}, {kArgWeights, wts.mem}, {kArgDst, d.mem}};
-  } else if (kind == kBackwardData) {
-    args = {{kArgDiffDst, d.mem}, {kArgWeights, wts.mem}, {kArgDiffSrc, s.mem}};
-  } else {
-    args = {{kArgSrc, s.mem}, {kArgDiffDst, d.mem}, {kArgDiffWeights, wts.mem}};
-  }
+  const auto args = ConvArgs(kind, s.mem, wts.mem, d.mem);
   double best = 1e30;
   try {
     for (int run = 0; run < 3; ++run) {
@@ -402,16 +404,9 @@ ffi::Error Run(Kind kind, ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::F32> b,
     }
     if (kind != kBackwardWeights && plan->reorder)  // the kernel in, to oneDNN's layout
       Execute(plan->reorder, {{kArgSrc, weights_user.mem}, {kArgDst, weights}});
-    if (kind == kForward) {
-      Execute(plan->conv, {{kArgSrc, src.mem}, {kArgWeights, weights}, {kArgDst, dst.mem}});
-    } else if (kind == kBackwardData) {
-      Execute(plan->conv, {{kArgDiffDst, dst.mem}, {kArgWeights, weights},
-                           {kArgDiffSrc, src.mem}});
-    } else {  // the kernel gradient out, back to HWIO
-      Execute(plan->conv, {{kArgSrc, src.mem}, {kArgDiffDst, dst.mem},
-                           {kArgDiffWeights, weights}});
-      if (plan->reorder) Execute(plan->reorder, {{kArgSrc, weights}, {kArgDst, weights_user.mem}});
-    }
+    Execute(plan->conv, ConvArgs(kind, src.mem, weights, dst.mem));
+    if (kind == kBackwardWeights && plan->reorder)  // the kernel gradient out, back to HWIO
+      Execute(plan->reorder, {{kArgSrc, weights}, {kArgDst, weights_user.mem}});
     Check(dnnl_stream_wait(GetContext().stream), "stream_wait");
   } catch (const Failure& e) {
     Plans().erase(key);
