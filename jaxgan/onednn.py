@@ -34,7 +34,8 @@ import numpy as np
 SOURCE = Path(__file__).with_name("native") / "onednn_conv.cc"
 DISTRIBUTION = "onednn-cpu-gomp"
 LIBRARY = "libdnnl.so.3"
-_TARGETS = ("forward", "backward_data", "backward_weights")
+# the handlers' operations, in their Kind order (the index in their call stats)
+OPERATIONS = ("forward", "backward_data", "backward_weights")
 _reason: str | None = None
 _tune = os.environ.get("JAXGAN_ONEDNN_TUNE", "1") != "0"
 
@@ -143,9 +144,6 @@ def tuning_stats() -> tuple[int, float]:
     return tuned.value, seconds.value
 
 
-OPERATIONS = ("forward", "backward_data", "backward_weights")  # the handlers' Kind order
-
-
 @dataclasses.dataclass(frozen=True)
 class CallStats:
     """One convolution shape's calls: `op` (an OPERATIONS name) of the forward conv
@@ -192,11 +190,11 @@ def call_stats(reset: bool = False) -> list[CallStats]:
     custom calls include the waiting; `busy_s` is the work."""
     if not _load():
         return []
+    read = _handlers().jaxgan_onednn_call_stats
+    read.restype = ctypes.c_int64
     size = 1 << 14
     while True:
         buf = ctypes.create_string_buffer(size)
-        read = _handlers().jaxgan_onednn_call_stats
-        read.restype = ctypes.c_int64
         needed = read(buf, ctypes.c_int64(size), ctypes.c_int(int(reset)))
         if needed < size:
             break
@@ -229,7 +227,7 @@ def _load() -> bool:
         return False
     import jax
 
-    for name in _TARGETS:
+    for name in OPERATIONS:
         target = f"jaxgan_onednn_conv_{name}"
         jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(handlers, target)),
                                     platform="cpu")
