@@ -232,8 +232,7 @@ def _torch_out_size(n_in: int, k: int, s: int, p: int, op: int) -> int:
 
 def _subpixel_conv_transpose(x, kernel, strides, pads, opads, conv):
     """The transposed conv as one stride-1 conv to s*s*C_out channels + depth-to-space.
-    `conv(x, kernel, pads)` runs that conv: `conv2d` with its gradients for the 'subpixel'
-    implementation, a plain lax conv for `_phase_forward`'s thin outputs."""
+    `conv(x, kernel, pads)` runs that conv (`conv2d`, with its gradients)."""
     kh, kw = kernel.shape[:2]
     out_sizes, conv_pads = [], []
     for axis, (k, s, p, op) in enumerate(zip((kh, kw), strides, pads, opads)):
@@ -267,45 +266,85 @@ def _phase_axis_plan(n_in: int, k: int, s: int, p: int, op: int):
     return phases, q, n_out
 
 
-# Widest output (channels) that a transposed conv computes in the sub-pixel form, one conv
-# with s*s*C_out channels, instead of one conv per phase with C_out: a conv with 1-4 output
-# channels uses the CPU poorly, and the zero taps the sub-pixel kernel adds cost less than
-# that. Forward of a k5 / k4 s2 transposed conv, batch 64 (BUILD_NOTES.md, session 18):
-# 32x32x64 -> 64x64x3 34-40 ms by phases vs 13-14 ms sub-pixel with XLA's convolutions,
-# 22-30 vs 17-18 ms with YNNPACK's. With 8 channels the sub-pixel form won 6 of 8 such
-# comparisons, with 16 the phases won 6 of 8, and at 32 or more the phases mostly won.
+# Widest output (channels) of a transposed conv computed as one GEMM and a sum of its taps by
+# phase (`_thin_phase_forward`) instead of one conv per phase: a conv with 1-4 output channels
+# uses the CPU poorly. Forward of the HW6 32x32x64 -> 64x64x3 transposed convs, batch 64, alone
+# (Zen 4 EPYC, BUILD_NOTES.md session 34): k5 8.8-9.3 ms vs oneDNN's 13.6-18.6 ms and XLA's
+# sub-pixel conv 15.7-16.8 ms; k4 (the critic's input gradient) 4.0-4.5 vs 9.1-11.6 and 16 ms.
+# Session 18 had measured phases (one conv each) slower than the sub-pixel conv up to 8
+# channels and faster from 16.
 THIN_OUTPUT_CHANNELS = 4
+
+
+def _by_phases(x, kernel, strides, pads, opads, phase):
+    """The transposed conv's output assembled from its s*s phases: `phase(ty, tx, y_pads,
+    x_pads, (qy, qx))` computes the outputs (s*i + r, s*j + c) from kernel taps ty x tx (every
+    s-th row / column) over x padded by y_pads, x_pads (negative: cropped), [N, qy, qx, C]."""
+    (py, qy, oy), (px, qx, ox) = (
+        _phase_axis_plan(x.shape[1 + a], kernel.shape[a], strides[a], pads[a], opads[a])
+        for a in (0, 1))
+    rows = [jnp.stack([phase(ty, tx, (loy, hiy), (lox, hix), (qy, qx)) for tx, lox, hix in px],
+                      axis=3)  # [N, qy, qx, sx, C]
+            for ty, loy, hiy in py]
+    y = jnp.stack(rows, axis=2)  # [N, qy, sy, qx, sx, C]
+    return y.reshape(x.shape[0], qy * strides[0], qx * strides[1], -1)[:, :oy, :ox]
+
+
+def _spatial_pad(x, y_pads, x_pads):
+    """x [N, H, W, C] padded with zeros (cropped where negative) along H and W."""
+    return lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0), (*y_pads, 0), (*x_pads, 0), (0, 0, 0)))
+
+
+def _window(z, axis: int, start: int, size: int):
+    """z[start:start + size] along axis, zeros where that runs past z's ends."""
+    n = z.shape[axis]
+    lo = min(max(start, 0), n)
+    hi = max(lo, min(start + size, n))
+    pads = [(0, 0, 0)] * z.ndim
+    pads[axis] = (lo - start, start + size - hi, 0)
+    return lax.pad(lax.slice_in_dim(z, lo, hi, axis=axis), jnp.zeros((), z.dtype), pads)
+
+
+def _thin_phase_forward(x, kernel, strides, pads, opads, precision):
+    """The transposed conv with few output channels as col2im: one GEMM multiplies every input
+    pixel by every tap, z [N, H, W, kh, kw, C_out] (K = C_in, N = taps x C_out: GEMM-sized,
+    unlike a conv to 3 channels), then each output phase sums its own taps' shifted windows of
+    z, in f32; no multiplies by the zero taps that the sub-pixel kernel adds (36 for 25 at
+    k5 s2, 36 for 16 at k4 s2). Each window is padded by itself rather than z once per phase:
+    XLA then fuses the pads into the sum (HW6 RGB layer + tanh alone: 9.5-11.3 vs 14-17 ms)."""
+    kh, kw, cin, cout = kernel.shape
+    n, h, w, _ = x.shape
+    z = lax.dot_general(x, kernel.transpose(2, 0, 1, 3).reshape(cin, kh * kw * cout),
+                        (((3,), (0,)), ((), ())), precision=precision,
+                        preferred_element_type=jnp.float32).reshape(n, h, w, kh, kw, cout)
+
+    def phase(ty, tx, y_pads, x_pads, q):
+        # output (i, j) of this phase reads padded z at (i + my, j + mx): z at minus the pads
+        return sum((_window(_window(z[:, :, :, a, b, :], 1, my - y_pads[0], q[0]),
+                            2, mx - x_pads[0], q[1])
+                    for my, a in enumerate(ty) for mx, b in enumerate(tx)),
+                   jnp.zeros((n, *q, cout), jnp.float32))
+
+    return _by_phases(x, kernel, strides, pads, opads, phase).astype(x.dtype)
 
 
 def _phase_forward(x, kernel, strides, pads, opads, precision):
     """One stride-1 conv per output phase with exactly that phase's taps (the sub-pixel conv
     also multiplies the zero taps: 36 instead of 25 for k5 s2, 36 instead of 16 for k4 s2);
-    thin outputs (`THIN_OUTPUT_CHANNELS`) as one sub-pixel conv."""
-    kh, kw, _, cout = kernel.shape
-    if cout <= THIN_OUTPUT_CHANNELS:
-        return _subpixel_conv_transpose(
-            x, kernel, strides, pads, opads,
-            lambda xs, k, conv_pads: _plain_conv(xs, k, (1, 1), conv_pads, precision))
-    n = x.shape[0]
-    (py, qy, oy), (px, qx, ox) = (
-        _phase_axis_plan(x.shape[1 + a], (kh, kw)[a], strides[a], pads[a], opads[a])
-        for a in (0, 1))
-    rows = []
-    for ty, loy, hiy in py:
-        row = []
-        for tx, lox, hix in px:
-            if not ty or not tx:  # k < s: this phase reads no tap
-                row.append(jnp.zeros((n, qy, qx, cout), x.dtype))
-                continue
-            xi = lax.pad(x, jnp.zeros((), x.dtype),
-                         ((0, 0, 0), (loy, hiy, 0), (lox, hix, 0), (0, 0, 0)))
-            # the taps are every s-th row / column: a strided slice, not a gather
-            kr = lax.slice(kernel, (ty[0], tx[0], 0, 0),
-                           (ty[-1] + 1, tx[-1] + 1, *kernel.shape[2:]), (*strides, 1, 1))
-            row.append(_plain_conv(xi, kr, (1, 1), ((0, 0), (0, 0)), precision))
-        rows.append(jnp.stack(row, axis=3))  # [N, qy, qx, sx, C]
-    y = jnp.stack(rows, axis=2)  # [N, qy, sy, qx, sx, C]
-    return y.reshape(n, qy * strides[0], qx * strides[1], cout)[:, :oy, :ox]
+    thin outputs (`THIN_OUTPUT_CHANNELS`) as one GEMM (`_thin_phase_forward`)."""
+    if kernel.shape[3] <= THIN_OUTPUT_CHANNELS:
+        return _thin_phase_forward(x, kernel, strides, pads, opads, precision)
+
+    def phase(ty, tx, y_pads, x_pads, q):
+        if not ty or not tx:  # k < s: this phase reads no tap
+            return jnp.zeros((x.shape[0], *q, kernel.shape[3]), x.dtype)
+        # the taps are every s-th row / column: a strided slice, not a gather
+        kr = lax.slice(kernel, (ty[0], tx[0], 0, 0),
+                       (ty[-1] + 1, tx[-1] + 1, *kernel.shape[2:]), (*strides, 1, 1))
+        return _plain_conv(_spatial_pad(x, y_pads, x_pads), kr, (1, 1), ((0, 0), (0, 0)),
+                           precision)
+
+    return _by_phases(x, kernel, strides, pads, opads, phase)
 
 
 def _flip_io(kernel: Array) -> Array:
@@ -623,16 +662,18 @@ def _default_onednn_ops() -> int:
 ONEDNN_OPS = _default_onednn_ops()
 
 
-def _onednn_suits(op: int, x_shape, w_shape, dy_hw) -> bool:
+def _onednn_suits(op: int, x_shape, w_shape, strides, dy_hw) -> bool:
     """The shapes where oneDNN, with its implementation measured per shape (`jaxgan.onednn`),
     was the faster (Zen 4 EPYC, HW6 layers alone, batch 64, BUILD_NOTES.md session 32). Not:
-    the critic's 1-channel head (under 0.5 ms either way), and kernel gradients over a dy with
+    the critic's 1-channel head (under 0.5 ms either way), kernel gradients over a dy with
     fewer positions than the kernel has taps (the generator's first layer, 5x5 taps over 4x4:
-    41-50 ms in XLA vs 52-62 ms). The 3-channel input gradients went over to oneDNN with the
-    measured choice (the critic's first layer 9-11 vs 16 ms, the generator's RGB layer 14 vs
-    17 ms; with oneDNN's first choice they had been slower)."""
+    41-50 ms in XLA vs 52-62 ms), and strided convs' input gradients into 1-4 channels, which
+    `_thin_phase_forward` computes as one GEMM (the critic's first layer 4.0-4.5 vs 9.1-11.6
+    ms, the generator's RGB layer 8.8-9.3 vs 13.6-18.6 ms; session 34)."""
     if w_shape[3] <= THIN_OUTPUT_CHANNELS:
         return False
+    if op == ONEDNN_INPUT_GRAD:
+        return strides == (1, 1) or x_shape[3] > THIN_OUTPUT_CHANNELS
     if op == ONEDNN_KERNEL_GRAD:
         return dy_hw[0] * dy_hw[1] >= w_shape[0] * w_shape[1]
     return True
@@ -647,7 +688,7 @@ def _by_onednn(op: int, x_shape, w_shape, strides, pads, dtype, cpu_forms: bool)
     if not onednn.supports(x_shape, w_shape, strides, pads, dtype):
         return False
     dy_hw = onednn.output_hw(x_shape, w_shape, strides, pads)
-    return _onednn_suits(op, x_shape, w_shape, dy_hw) and onednn.available()
+    return _onednn_suits(op, x_shape, w_shape, strides, dy_hw) and onednn.available()
 
 
 def _c_value(x, w, strides, pads, precision, cpu_forms):

@@ -133,9 +133,10 @@ def test_matches_direct_numpy_with_torch_weights(k, s, p, op):
         np.testing.assert_allclose(y, want, atol=1e-5, rtol=1e-5, err_msg=impl)
 
 
+@pytest.mark.parametrize("cout", [3, 8])  # 3: one GEMM (layers.THIN_OUTPUT_CHANNELS) on CPU
 @pytest.mark.parametrize("impl,grad_impl", [(i, "auto") for i in IMPLS] + [("phase", "table")])
-def test_bf16_compute_with_f32_params(impl, grad_impl):
-    x, mod, params = _init(5, 2, 2, 1, (8, 8), 16, 8, use_bias=True)
+def test_bf16_compute_with_f32_params(impl, grad_impl, cout):
+    x, mod, params = _init(5, 2, 2, 1, (8, 8), 16, cout, use_bias=True)
     want = mod.clone(implementation=impl).apply(params, x)
     bf = mod.clone(implementation=impl, grad_impl=grad_impl, dtype=jnp.bfloat16)
     bf_params = jax.eval_shape(bf.init, jax.random.key(1), x)
@@ -176,8 +177,8 @@ from jaxgan import layers  # noqa: E402
 
 # (name, (H, W), C_in, C_out, k, stride, padding): each row exercises another part of
 # layers._dw_gemm (space-to-depth taps, dropped taps, cropping) inside the custom VJPs; rows
-# of <= 4 input channels compute the input gradient in the sub-pixel form
-# (layers.THIN_OUTPUT_CHANNELS), the others by phases.
+# of <= 4 input channels compute the input gradient as one GEMM and its taps' sums
+# (layers._thin_phase_forward, layers.THIN_OUTPUT_CHANNELS), the others by phases.
 CONV_CASES = [
     ("k4 s2 p1 (the critic), 3 channels, odd and even sizes", (7, 8), 3, 5, 4, 2, ((1, 1), (1, 1))),
     ("k5 s3 p2: taps past the kernel dropped", (8, 7), 2, 3, 5, 3, ((2, 2), (2, 2))),

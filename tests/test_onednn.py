@@ -155,14 +155,19 @@ def test_build_failure_is_one_clear_line(tmp_path, monkeypatch):
 def test_onednn_suits_the_measured_shapes():
     """Which HW6 operations go to oneDNN (`layers._onednn_suits`): not the 1-channel head, not
     a kernel gradient over fewer dy positions than kernel taps (the generator's first layer),
-    yes the 3-channel input gradients (the critic's first layer)."""
+    not a strided conv's input gradient into 3 channels (the critic's first layer: one GEMM,
+    `layers._thin_phase_forward`), yes that layer's forward and kernel gradient."""
     suits, fwd, dx, dw = (layers._onednn_suits, layers.ONEDNN_FORWARD, layers.ONEDNN_INPUT_GRAD,
                           layers.ONEDNN_KERNEL_GRAD)
-    assert not suits(fwd, (64, 4, 4, 512), (4, 4, 512, 1), (1, 1))
-    assert not suits(dw, (64, 8, 8, 256), (5, 5, 256, 512), (4, 4))
-    assert suits(dw, (64, 8, 8, 256), (4, 4, 256, 512), (4, 4))
-    assert suits(dx, (64, 64, 64, 3), (4, 4, 3, 64), (32, 32))
-    assert suits(fwd, (64, 64, 64, 3), (4, 4, 3, 64), (32, 32))
+    s2, s1 = (2, 2), (1, 1)
+    assert not suits(fwd, (64, 4, 4, 512), (4, 4, 512, 1), s1, (1, 1))
+    assert not suits(dw, (64, 8, 8, 256), (5, 5, 256, 512), s2, (4, 4))
+    assert suits(dw, (64, 8, 8, 256), (4, 4, 256, 512), s2, (4, 4))
+    assert not suits(dx, (64, 64, 64, 3), (4, 4, 3, 64), s2, (32, 32))
+    assert suits(dx, (64, 64, 64, 3), (3, 3, 3, 64), s1, (64, 64))
+    assert suits(dx, (64, 16, 16, 128), (4, 4, 128, 256), s2, (8, 8))
+    assert suits(fwd, (64, 64, 64, 3), (4, 4, 3, 64), s2, (32, 32))
+    assert suits(dw, (64, 64, 64, 3), (4, 4, 3, 64), s2, (32, 32))
 
 
 def test_calling_without_onednn_is_a_clear_error(monkeypatch):
