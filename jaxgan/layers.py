@@ -6,8 +6,9 @@ zero-dilated input, which is 10-20x slower than the same math written as a strid
 to s*s*C_out channels followed by depth-to-space ("sub-pixel", Shi et al. 2016). The two give
 the same numbers; only the order of the sums changes. On CPU the default ('phase') goes one
 step further: one stride-1 conv per output phase with only that phase's taps (no multiplies by
-the sub-pixel kernel's zero taps); its gradients are a strided conv and that conv's kernel
-gradient, because a transposed conv is the input gradient of a strided conv.
+the sub-pixel kernel's zero taps; with 1-4 output channels one GEMM over every tap and each
+phase's sum of its taps); its gradients are a strided conv and that conv's kernel gradient,
+because a transposed conv is the input gradient of a strided conv.
 
 Conventions (everything NHWC):
   * torch `ConvTranspose2d(cin, cout, k, s, p, output_padding=op)` maps to
