@@ -215,15 +215,7 @@ def conv_transpose_torch(
         return _phase_conv_transpose(x, kernel, strides, pads, opads, precision, grad_impl)
     if implementation != "subpixel":
         raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}")
-    return _subpixel_by_conv2d(x, kernel, strides, pads, opads, precision, grad_impl)
-
-
-def _subpixel_by_conv2d(x, kernel, strides, pads, opads, precision, grad_impl):
-    """The 'subpixel' implementation: its stride-1 conv through `conv2d`, whose gradients
-    follow grad_impl."""
-    return _subpixel_conv_transpose(
-        x, kernel, strides, pads, opads,
-        lambda xs, k, conv_pads: conv2d(xs, k, (1, 1), conv_pads, precision, grad_impl))
+    return _subpixel_conv_transpose(x, kernel, strides, pads, opads, precision, grad_impl)
 
 
 def _torch_out_size(n_in: int, k: int, s: int, p: int, op: int) -> int:
@@ -231,9 +223,9 @@ def _torch_out_size(n_in: int, k: int, s: int, p: int, op: int) -> int:
     return (n_in - 1) * s - 2 * p + k + op
 
 
-def _subpixel_conv_transpose(x, kernel, strides, pads, opads, conv):
-    """The transposed conv as one stride-1 conv to s*s*C_out channels + depth-to-space.
-    `conv(x, kernel, pads)` runs that conv (`conv2d`, with its gradients)."""
+def _subpixel_conv_transpose(x, kernel, strides, pads, opads, precision, grad_impl):
+    """The 'subpixel' implementation: the transposed conv as one stride-1 conv to s*s*C_out
+    channels + depth-to-space, that conv through `conv2d`, whose gradients follow grad_impl."""
     kh, kw = kernel.shape[:2]
     out_sizes, conv_pads = [], []
     for axis, (k, s, p, op) in enumerate(zip((kh, kw), strides, pads, opads)):
@@ -248,7 +240,8 @@ def _subpixel_conv_transpose(x, kernel, strides, pads, opads, conv):
         x = lax.slice_in_dim(x, start, stop, axis=1 + axis)
         out_sizes.append(n_out)
         conv_pads.append((max(lo, 0), max(hi, 0)))
-    y = conv(x, subpixel_kernel(kernel, strides, pads), tuple(conv_pads))
+    y = conv2d(x, subpixel_kernel(kernel, strides, pads), (1, 1), tuple(conv_pads), precision,
+               grad_impl)
     return depth_to_space(y, *strides)[:, : out_sizes[0], : out_sizes[1], :]
 
 
@@ -292,8 +285,9 @@ def _by_phases(x, kernel, strides, pads, opads, phase):
 
 
 def _spatial_pad(x, y_pads, x_pads):
-    """x [N, H, W, C] padded with zeros (cropped where negative) along H and W."""
-    return lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0), (*y_pads, 0), (*x_pads, 0), (0, 0, 0)))
+    """x [N, H, W, ...] padded with zeros (cropped where negative) along H and W."""
+    return lax.pad(x, jnp.zeros((), x.dtype),
+                   ((0, 0, 0), (*y_pads, 0), (*x_pads, 0)) + ((0, 0, 0),) * (x.ndim - 3))
 
 
 def _window(z, axis: int, start: int, size: int):
@@ -368,7 +362,7 @@ def _phase_conv_transpose(x, kernel, strides, pads, opads, precision, grad_impl)
     if impl == "xla":
         return _phase_forward(x, kernel, strides, pads, opads, precision)
     if impl == "table" and kernel.shape[3] <= THIN_OUTPUT_CHANNELS:
-        return _subpixel_by_conv2d(x, kernel, strides, pads, opads, precision, impl)
+        return _subpixel_conv_transpose(x, kernel, strides, pads, opads, precision, impl)
     out_shape = (x.shape[0],
                  *(_torch_out_size(x.shape[1 + a], kernel.shape[a], strides[a], pads[a], opads[a])
                    for a in (0, 1)),
@@ -586,7 +580,7 @@ def _windows(x, taps, pads: Pads, out_hw):
     """im2col: [N, oh, ow, th*tw*C], every window of the padded x that a stride-1 conv with
     `taps` reads for out_hw outputs, channels ordered (row tap, column tap, C)."""
     (th, tw), (oh, ow) = taps, out_hw
-    x = lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0), (*pads[0], 0), (*pads[1], 0), (0, 0, 0)))
+    x = _spatial_pad(x, *pads)
     return jnp.concatenate([x[:, a:a + oh, b:b + ow, :] for a in range(th) for b in range(tw)],
                            axis=-1)
 
@@ -595,8 +589,7 @@ def _sum_windows(z, pads: Pads, out_hw):
     """im2col's adjoint side: z [N, H, W, th, tw, C] holds every input pixel times every tap;
     output (i, j) of the stride-1 conv sums tap (a, b) of padded input pixel (i + a, j + b)."""
     (oh, ow), (th, tw) = out_hw, z.shape[3:5]
-    z = lax.pad(z, jnp.zeros((), z.dtype), ((0, 0, 0), (*pads[0], 0), (*pads[1], 0),
-                                            (0, 0, 0), (0, 0, 0), (0, 0, 0)))
+    z = _spatial_pad(z, *pads)
     return sum(z[:, a:a + oh, b:b + ow, a, b, :].astype(jnp.float32)
                for a in range(th) for b in range(tw))
 
