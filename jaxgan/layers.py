@@ -323,10 +323,12 @@ def _thin_phase_forward(x, kernel, strides, pads, opads, precision):
     return _by_phases(x, kernel, strides, pads, opads, phase).astype(x.dtype)
 
 
-def _phase_forward(x, kernel, strides, pads, opads, precision):
+def _phase_forward(x, kernel, strides, pads, opads, precision, cpu_forms=False):
     """One stride-1 conv per output phase with exactly that phase's taps (the sub-pixel conv
     also multiplies the zero taps: 36 instead of 25 for k5 s2, 36 instead of 16 for k4 s2);
-    thin outputs (`THIN_OUTPUT_CHANNELS`) as one GEMM (`_thin_phase_forward`)."""
+    thin outputs (`THIN_OUTPUT_CHANNELS`) as one GEMM (`_thin_phase_forward`). cpu_forms
+    (only where this is a custom VJP's value, never differentiated by JAX): the phase convs
+    go to oneDNN's forward convolution where `_by_onednn` picks it."""
     if kernel.shape[3] <= THIN_OUTPUT_CHANNELS:
         return _thin_phase_forward(x, kernel, strides, pads, opads, precision)
 
@@ -336,10 +338,20 @@ def _phase_forward(x, kernel, strides, pads, opads, precision):
         # the taps are every s-th row / column: a strided slice, not a gather
         kr = lax.slice(kernel, (ty[0], tx[0], 0, 0),
                        (ty[-1] + 1, tx[-1] + 1, *kernel.shape[2:]), (*strides, 1, 1))
-        return _plain_conv(_spatial_pad(x, y_pads, x_pads), kr, (1, 1), ((0, 0), (0, 0)),
-                           precision)
-
+        return _stride1_conv(x, kr, (y_pads, x_pads), precision, cpu_forms)
     return _by_phases(x, kernel, strides, pads, opads, phase)
+
+
+def _stride1_conv(x, kernel, pads, precision, cpu_forms):
+    """The stride-1 conv of x padded by pads ((lo, hi) per spatial axis; negative crops):
+    oneDNN's forward (it pads by itself) where `_by_onednn` picks it, else XLA's over x padded."""
+    crop = x[:, max(-pads[0][0], 0):x.shape[1] - max(-pads[0][1], 0),
+             max(-pads[1][0], 0):x.shape[2] - max(-pads[1][1], 0)]
+    onednn_pads = tuple((max(lo, 0), max(hi, 0)) for lo, hi in pads)
+    if _by_onednn(ONEDNN_FORWARD, crop.shape, kernel.shape, (1, 1), onednn_pads, x.dtype,
+                  cpu_forms):
+        return onednn.conv(crop, kernel, (1, 1), onednn_pads)
+    return _plain_conv(_spatial_pad(x, *pads), kernel, (1, 1), ((0, 0), (0, 0)), precision)
 
 
 def _flip_io(kernel: Array) -> Array:
@@ -663,11 +675,16 @@ def _onednn_suits(op: int, x_shape, w_shape, strides, dy_hw) -> bool:
     fewer positions than the kernel has taps (the generator's first layer, 5x5 taps over 4x4:
     41-50 ms in XLA vs 52-62 ms), and strided convs' input gradients into 1-4 channels, which
     `_thin_phase_forward` computes as one GEMM (the critic's first layer 4.0-4.5 vs 9.1-11.6
-    ms, the generator's RGB layer 8.8-9.3 vs 13.6-18.6 ms; session 34)."""
+    ms, the generator's RGB layer 8.8-9.3 vs 13.6-18.6 ms; session 34). Nor strided input
+    gradients from a dy with fewer positions than the kernel has taps (the generator's first
+    layer's forward): `_dx_value` computes those by phases, each phase a stride-1 oneDNN
+    forward conv (Zen 5 EPYC, session 35: 19.0 vs 23.9 ms alone; gan steps 3.3-3.7% faster,
+    WGAN-GP 2.3%)."""
     if w_shape[3] <= THIN_OUTPUT_CHANNELS:
         return False
     if op == ONEDNN_INPUT_GRAD:
-        return strides == (1, 1) or x_shape[3] > THIN_OUTPUT_CHANNELS
+        return strides == (1, 1) or (x_shape[3] > THIN_OUTPUT_CHANNELS
+                                     and dy_hw[0] * dy_hw[1] >= w_shape[0] * w_shape[1])
     if op == ONEDNN_KERNEL_GRAD:
         return dy_hw[0] * dy_hw[1] >= w_shape[0] * w_shape[1]
     return True
@@ -700,10 +717,11 @@ def _c_value(x, w, strides, pads, precision, cpu_forms):
 
 
 def _dx_value(dy, w, x_shape, strides, pads, precision, cpu_forms):
-    """Input gradient. Strided, CPU forms: a transposed conv computed by phases
-    (`_phase_forward`); XLA's own form convolves the stride-dilated dy, 3/4 of whose entries
-    are zeros for stride 2, and XLA:CPU runs that conv outside its fast library (HW6 critic:
-    ~245 ms of a 1.43 s gan step). Thin stride-1 convs (`THIN_GEMM_MAX_CHANNELS`): the
+    """Input gradient. oneDNN's backward-data convolution where `_by_onednn` picks it.
+    Strided, CPU forms: a transposed conv computed by phases (`_phase_forward`, its phase
+    convs through oneDNN's forward where it runs them); XLA's own form convolves the
+    stride-dilated dy, 3/4 of whose entries are zeros for stride 2, and XLA:CPU runs that
+    conv outside its fast library (HW6 critic: ~245 ms of a 1.43 s gan step). Thin stride-1 convs (`THIN_GEMM_MAX_CHANNELS`): the
     forward's GEMM form with the adjoint kernel. Otherwise XLA's own (cuDNN's backward-input
     kernel)."""
     if _by_onednn(ONEDNN_INPUT_GRAD, x_shape, w.shape, strides, pads, dy.dtype, cpu_forms):
@@ -715,7 +733,7 @@ def _dx_value(dy, w, x_shape, strides, pads, precision, cpu_forms):
         # output_padding that makes the transposed conv's output exactly x_shape
         topads = tuple(x_shape[1 + a] - _torch_out_size(dy.shape[1 + a], w.shape[a], strides[a],
                                                         tpads[a], 0) for a in (0, 1))
-        return _phase_forward(dy, _flip_io(w), strides, tpads, topads, precision)
+        return _phase_forward(dy, _flip_io(w), strides, tpads, topads, precision, True)
     zeros = jnp.zeros(x_shape, dy.dtype)
     return jax.vjp(lambda x_: _plain_conv(x_, w, strides, pads, precision), zeros)[1](dy)[0]
 

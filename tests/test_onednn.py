@@ -93,6 +93,43 @@ def test_layers_route_convs_to_onednn_with_equal_gradients(monkeypatch):
 
 
 @needs_onednn
+@pytest.mark.parametrize("pads", [((2, 1), (1, 2)), ((-1, 2), (1, -2)), ((0, 0), (-1, -1))])
+def test_stride1_conv_through_onednn_pads_and_crops_like_xla(pads):
+    """The phase convs of `_phase_forward`: oneDNN pads by itself, negative pads crop first."""
+    x, kernel, _ = _operands(2, 7, 6, 8, 16, 3, 1, ((0, 0), (0, 0)))
+    kernel = kernel[:, :2]  # a 3x2 phase kernel
+    fn = jax.jit(lambda x, w, by_onednn: layers._stride1_conv(x, w, pads, None, by_onednn),
+                 static_argnums=2)
+    assert "jaxgan_onednn_conv_forward" in fn.lower(x, kernel, True).as_text()
+    want = _lax_conv(layers._spatial_pad(x, *pads), kernel, 1, ((0, 0), (0, 0)))
+    _close(fn(x, kernel, True), want)
+    _close(fn(x, kernel, False), want)
+
+
+@needs_onednn
+def test_generator_first_layer_by_onednn_phases_matches_xla(monkeypatch):
+    """A transposed conv whose input has fewer positions than its kernel taps (the HW6
+    generator's 4x4 -> 8x8 layer, here 2x2 -> 4x4) is computed by phases, each a oneDNN
+    forward conv, not by oneDNN's backward data; value and gradients equal XLA's forms."""
+    rng = np.random.default_rng(2)
+    x = jnp.asarray(rng.standard_normal((2, 2, 2, 16)), jnp.float32)
+    kernel = jnp.asarray(rng.standard_normal((5, 5, 16, 8)) * 0.2, jnp.float32)
+
+    def f(x, w):
+        return jnp.sum(jnp.sin(layers.conv_transpose_torch(x, w, 2, 2, 1, grad_impl="fast")))
+    monkeypatch.setattr(layers, "ONEDNN_OPS", 0)
+    want = jax.jit(jax.value_and_grad(f, argnums=(0, 1)))(x, kernel)
+    monkeypatch.setattr(layers, "ONEDNN_OPS", 7)
+    forward = jax.jit(lambda x, w: layers.conv_transpose_torch(x, w, 2, 2, 1, grad_impl="fast"))
+    hlo = forward.lower(x, kernel).as_text()
+    assert hlo.count("jaxgan_onednn_conv_forward") == 4  # one per output phase
+    assert "jaxgan_onednn_conv_backward_data" not in hlo
+    got = jax.jit(jax.value_and_grad(f, argnums=(0, 1)))(x, kernel)
+    for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+        _close(g, w)
+
+
+@needs_onednn
 def test_transposed_conv_through_onednn_matches_xla(monkeypatch):
     """The generator's layer (k5 s2 p2 op1) by oneDNN's backward-data convolution."""
     rng = np.random.default_rng(1)
@@ -154,8 +191,8 @@ def test_build_failure_is_one_clear_line(tmp_path, monkeypatch):
 
 def test_onednn_suits_the_measured_shapes():
     """Which HW6 operations go to oneDNN (`layers._onednn_suits`): not the 1-channel head, not
-    a kernel gradient over fewer dy positions than kernel taps (the generator's first layer),
-    not a strided conv's input gradient into 3 channels (the critic's first layer: one GEMM,
+    a kernel gradient or strided input gradient over fewer dy positions than kernel taps (the
+    generator's first layer), not a strided conv's input gradient into 3 channels (the critic's first layer: one GEMM,
     `layers._thin_phase_forward`), yes that layer's forward and kernel gradient."""
     suits, fwd, dx, dw = (layers._onednn_suits, layers.ONEDNN_FORWARD, layers.ONEDNN_INPUT_GRAD,
                           layers.ONEDNN_KERNEL_GRAD)
@@ -166,6 +203,10 @@ def test_onednn_suits_the_measured_shapes():
     assert not suits(dx, (64, 64, 64, 3), (4, 4, 3, 64), s2, (32, 32))
     assert suits(dx, (64, 64, 64, 3), (3, 3, 3, 64), s1, (64, 64))
     assert suits(dx, (64, 16, 16, 128), (4, 4, 128, 256), s2, (8, 8))
+    # the generator's first layer's forward (25 taps over 4x4 dy positions): by phases, while
+    # the critic's last strided layer (16 over 16) keeps oneDNN's backward data
+    assert not suits(dx, (64, 8, 8, 256), (5, 5, 256, 512), s2, (4, 4))
+    assert suits(dx, (64, 8, 8, 256), (4, 4, 256, 512), s2, (4, 4))
     assert suits(fwd, (64, 64, 64, 3), (4, 4, 3, 64), s2, (32, 32))
     assert suits(dw, (64, 64, 64, 3), (4, 4, 3, 64), s2, (32, 32))
 
