@@ -1,5 +1,6 @@
-"""JAXGAN_* environment settings read in more than one place (standard library only: the
-benchmark's torch workers import `host_memory` without jaxgan's dependencies)."""
+"""What jaxgan reads from its environment in more than one place: JAXGAN_* switches, the cache
+directory, /proc/cpuinfo (standard library only: the benchmark's torch workers import
+`host_memory` without jaxgan's dependencies)."""
 from __future__ import annotations
 
 import os
@@ -10,7 +11,25 @@ def switched_off(name: str) -> bool:
     return os.environ.get(name, "1").strip().lower() in ("0", "false", "no", "off")
 
 
+def cpuinfo(field: str) -> str:
+    """The first `field` line's value in /proc/cpuinfo ('vendor_id', 'model name', 'flags');
+    '' where none (or no /proc/cpuinfo)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith(field):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
+
+
 def cache_dir() -> str:
     """jaxgan's cache directory (decoded datasets, XLA programs, Inception weights, reference
-    statistics, classifiers): $JAXGAN_CACHE_DIR if set and not empty, else ~/.cache/jaxgan."""
-    return os.path.expanduser(os.environ.get("JAXGAN_CACHE_DIR") or "~/.cache/jaxgan")
+    statistics, classifiers, the oneDNN handlers and their tuning): $JAXGAN_CACHE_DIR if set
+    and not empty, else $XDG_CACHE_HOME/jaxgan (the XDG base-directory rule), else
+    ~/.cache/jaxgan."""
+    if os.environ.get("JAXGAN_CACHE_DIR"):
+        return os.path.expanduser(os.environ["JAXGAN_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or "~/.cache"
+    return os.path.join(os.path.expanduser(base), "jaxgan")

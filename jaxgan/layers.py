@@ -44,7 +44,7 @@ import numpy as np
 from flax import linen as nn
 from jax import lax
 
-from jaxgan import onednn
+from jaxgan import env, onednn
 
 Array = jax.Array
 IntOr2 = int | Sequence[int]
@@ -514,21 +514,9 @@ def _use_custom_vjp(cin: int, cout: int, strides: tuple[int, int]) -> bool:
     return cin <= 4 or strides != (1, 1) or cout >= 128 or _thin_gemm((cin, cout), strides)
 
 
-def _cpuinfo(field: str) -> str:
-    """The first `field` line's value in /proc/cpuinfo ('vendor_id', 'flags'); '' where none."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith(field):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return ""
-
-
 def _cpu_vendor() -> str:
     """'GenuineIntel', 'AuthenticAMD', ... ; '' where /proc/cpuinfo has none."""
-    return _cpuinfo("vendor_id")
+    return env.cpuinfo("vendor_id")
 
 
 def _default_dw_gemm_max_cin() -> int:
@@ -662,7 +650,7 @@ def _default_onednn_ops() -> int:
     choice = os.environ.get("JAXGAN_ONEDNN", "")
     if choice in ("0", "1"):
         return all_ops * int(choice)
-    return all_ops if "avx512f" in _cpuinfo("flags").split() else 0
+    return all_ops if "avx512f" in env.cpuinfo("flags").split() else 0
 
 
 ONEDNN_OPS = _default_onednn_ops()

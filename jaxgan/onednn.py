@@ -31,6 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
+from jaxgan import env
+
 SOURCE = Path(__file__).with_name("native") / "onednn_conv.cc"
 DISTRIBUTION = "onednn-cpu-gomp"
 LIBRARY = "libdnnl.so.3"
@@ -57,8 +59,7 @@ def library_path() -> Path | None:
 
 
 def _cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "jaxgan"
+    return Path(env.cache_dir())
 
 
 def _build(lib: Path) -> Path:
@@ -103,13 +104,10 @@ def _threads() -> int:
 
 def tuning_file() -> Path:
     """Where the fastest implementation per convolution shape is kept: one file per CPU
-    (model name and flags), thread count and libdnnl, since each of those changes the answer."""
-    cpu = ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = "".join(line for line in f if line.startswith(("model name", "flags")))
-    except OSError:
-        pass
+    (family, model, model name and flags: VMs of Zen 4 and Zen 5 EPYCs both say 'AMD EPYC'),
+    thread count and libdnnl, since each of those changes the answer."""
+    cpu = "\n".join(env.cpuinfo(field) for field in ("cpu family", "model\t", "model name",
+                                                        "flags"))
     key = hashlib.sha256(b"\0".join([cpu.encode(), str(_threads()).encode(),
                                      str(library_path()).encode()])).hexdigest()[:16]
     return _cache_dir() / f"onednn_tuning-{key}.tsv"

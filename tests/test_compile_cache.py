@@ -42,17 +42,21 @@ def test_cache_can_be_switched_off(tmp_path):
 
 
 def test_every_cache_user_resolves_the_same_directory(tmp_path, monkeypatch):
-    """Datasets, XLA programs, classifiers and Inception weights share one root; an empty
-    $JAXGAN_CACHE_DIR means unset (the Inception loader once read it as the working directory)
-    and '~' expands."""
-    from jaxgan import compile_cache, data, evaluate
+    """Datasets, XLA programs, classifiers, Inception weights and the oneDNN handlers share one
+    root; an empty $JAXGAN_CACHE_DIR means unset (the Inception loader once read it as the
+    working directory), then $XDG_CACHE_HOME/jaxgan, and '~' expands."""
+    from jaxgan import compile_cache, data, evaluate, onednn
     from jaxgan.metrics import inception
 
     monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR", raising=False)
     monkeypatch.setenv("HOME", str(tmp_path))
-    for value, root in (("", tmp_path / ".cache" / "jaxgan"), ("~/c", tmp_path / "c"),
-                        (str(tmp_path / "d"), tmp_path / "d")):
+    for value, xdg, root in (("", "", tmp_path / ".cache" / "jaxgan"),
+                             ("", str(tmp_path / "x"), tmp_path / "x" / "jaxgan"),
+                             ("~/c", str(tmp_path / "x"), tmp_path / "c"),
+                             (str(tmp_path / "d"), "", tmp_path / "d")):
         monkeypatch.setenv("JAXGAN_CACHE_DIR", value)
+        monkeypatch.setenv("XDG_CACHE_HOME", xdg)
+        assert onednn.tuning_file().parent == root
         assert data._cache_path("tfds", "mnist").startswith(str(root / "tfds") + os.sep)
         assert evaluate.default_classifier_path("mnist") == root / "classifiers" / "mnist"
         with pytest.raises(inception.WeightsNotFoundError, match=str(root / "pt_inception")):

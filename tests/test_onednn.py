@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from jax import lax
 
-from jaxgan import layers, onednn
+from jaxgan import env, layers, onednn
 
 needs_onednn = pytest.mark.skipif(
     not onednn.available() or jax.device_count() != 1,
@@ -168,11 +168,11 @@ def test_without_onednn_the_convs_stay_xla(monkeypatch):
 
 def test_default_follows_avx512_and_the_environment(monkeypatch):
     monkeypatch.delenv("JAXGAN_ONEDNN", raising=False)
-    monkeypatch.setattr(layers, "_cpuinfo", lambda field: "fpu sse2 avx2 avx512f")
+    monkeypatch.setattr(env, "cpuinfo", lambda field: "fpu sse2 avx2 avx512f")
     assert layers._default_onednn_ops() == 7
     monkeypatch.setenv("JAXGAN_ONEDNN", "0")
     assert layers._default_onednn_ops() == 0
-    monkeypatch.setattr(layers, "_cpuinfo", lambda field: "fpu sse2 avx2 fma")
+    monkeypatch.setattr(env, "cpuinfo", lambda field: "fpu sse2 avx2 fma")
     monkeypatch.delenv("JAXGAN_ONEDNN")
     assert layers._default_onednn_ops() == 0
     monkeypatch.setenv("JAXGAN_ONEDNN", "1")
@@ -182,7 +182,7 @@ def test_default_follows_avx512_and_the_environment(monkeypatch):
 def test_build_failure_is_one_clear_line(tmp_path, monkeypatch):
     if onednn.library_path() is None:
         pytest.skip("onednn-cpu-gomp not installed")
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setenv("JAXGAN_CACHE_DIR", str(tmp_path))
     monkeypatch.setenv("CXX", "false")  # a "compiler" that fails
     with pytest.raises(OSError, match="building jaxgan's oneDNN handlers failed"):
         onednn._build(onednn.library_path())
@@ -242,7 +242,7 @@ def _tuning_run(cache, tune="1"):
     import subprocess
     import sys
 
-    env = dict(os.environ, XDG_CACHE_HOME=str(cache), JAXGAN_ONEDNN_TUNE=tune,
+    env = dict(os.environ, JAXGAN_CACHE_DIR=str(cache), JAXGAN_ONEDNN_TUNE=tune,
                JAX_PLATFORMS="cpu")
     out = subprocess.run([sys.executable, "-c", _TUNING_RUN], env=env, capture_output=True,
                          text=True, timeout=300)
