@@ -666,8 +666,8 @@ def _onednn_suits(op: int, x_shape, w_shape, strides, dy_hw) -> bool:
     ms, the generator's RGB layer 8.8-9.3 vs 13.6-18.6 ms; session 34). Nor strided input
     gradients from a dy with fewer positions than the kernel has taps (the generator's first
     layer's forward): `_dx_value` computes those by phases, each phase a stride-1 oneDNN
-    forward conv (Zen 5 EPYC, session 35: 19.0 vs 23.9 ms alone; gan steps 3.3-3.7% faster,
-    WGAN-GP 2.3%)."""
+    forward conv (Zen 5 EPYC, session 35: 19.0 vs 23.9 ms alone; gan steps 2.2-3.7% faster,
+    WGAN-GP 0.8-2.3%)."""
     if w_shape[3] <= THIN_OUTPUT_CHANNELS:
         return False
     if op == ONEDNN_INPUT_GRAD:
@@ -709,9 +709,9 @@ def _dx_value(dy, w, x_shape, strides, pads, precision, cpu_forms):
     Strided, CPU forms: a transposed conv computed by phases (`_phase_forward`, its phase
     convs through oneDNN's forward where it runs them); XLA's own form convolves the
     stride-dilated dy, 3/4 of whose entries are zeros for stride 2, and XLA:CPU runs that
-    conv outside its fast library (HW6 critic: ~245 ms of a 1.43 s gan step). Thin stride-1 convs (`THIN_GEMM_MAX_CHANNELS`): the
-    forward's GEMM form with the adjoint kernel. Otherwise XLA's own (cuDNN's backward-input
-    kernel)."""
+    conv outside its fast library (HW6 critic: ~245 ms of a 1.43 s gan step). Thin stride-1
+    convs (`THIN_GEMM_MAX_CHANNELS`): the forward's GEMM form with the adjoint kernel.
+    Otherwise XLA's own (cuDNN's backward-input kernel)."""
     if _by_onednn(ONEDNN_INPUT_GRAD, x_shape, w.shape, strides, pads, dy.dtype, cpu_forms):
         return onednn.conv_dx(dy, w, x_shape, strides, pads)
     if _thin_gemm(w.shape, strides):

@@ -58,10 +58,6 @@ def library_path() -> Path | None:
     return None
 
 
-def _cache_dir() -> Path:
-    return Path(env.cache_dir())
-
-
 def _build(lib: Path) -> Path:
     """The compiled handlers for this source, jaxlib and libdnnl, compiled on first use."""
     import jax
@@ -70,7 +66,7 @@ def _build(lib: Path) -> Path:
     include = jax.ffi.include_dir()
     key = hashlib.sha256(b"\0".join([SOURCE.read_bytes(), jaxlib.__version__.encode(),
                                      str(lib).encode()])).hexdigest()[:16]
-    out = _cache_dir() / f"onednn_conv-{key}.so"
+    out = Path(env.cache_dir()) / f"onednn_conv-{key}.so"
     if out.exists():
         return out
     compiler = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
@@ -110,7 +106,7 @@ def tuning_file() -> Path:
                                                         "flags"))
     key = hashlib.sha256(b"\0".join([cpu.encode(), str(_threads()).encode(),
                                      str(library_path()).encode()])).hexdigest()[:16]
-    return _cache_dir() / f"onednn_tuning-{key}.tsv"
+    return Path(env.cache_dir()) / f"onednn_tuning-{key}.tsv"
 
 
 def _configure(handlers) -> None:
