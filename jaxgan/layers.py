@@ -345,8 +345,7 @@ def _phase_forward(x, kernel, strides, pads, opads, precision, cpu_forms=False):
 def _stride1_conv(x, kernel, pads, precision, cpu_forms):
     """The stride-1 conv of x padded by pads ((lo, hi) per spatial axis; negative crops):
     oneDNN's forward (it pads by itself) where `_by_onednn` picks it, else XLA's over x padded."""
-    crop = x[:, max(-pads[0][0], 0):x.shape[1] - max(-pads[0][1], 0),
-             max(-pads[1][0], 0):x.shape[2] - max(-pads[1][1], 0)]
+    crop = _spatial_pad(x, *(tuple(min(p, 0) for p in lo_hi) for lo_hi in pads))
     onednn_pads = tuple((max(lo, 0), max(hi, 0)) for lo, hi in pads)
     if _by_onednn(ONEDNN_FORWARD, crop.shape, kernel.shape, (1, 1), onednn_pads, x.dtype,
                   cpu_forms):
@@ -670,11 +669,11 @@ def _onednn_suits(op: int, x_shape, w_shape, strides, dy_hw) -> bool:
     WGAN-GP 0.8-2.3%)."""
     if w_shape[3] <= THIN_OUTPUT_CHANNELS:
         return False
+    dy_covers_taps = dy_hw[0] * dy_hw[1] >= w_shape[0] * w_shape[1]
     if op == ONEDNN_INPUT_GRAD:
-        return strides == (1, 1) or (x_shape[3] > THIN_OUTPUT_CHANNELS
-                                     and dy_hw[0] * dy_hw[1] >= w_shape[0] * w_shape[1])
+        return strides == (1, 1) or (x_shape[3] > THIN_OUTPUT_CHANNELS and dy_covers_taps)
     if op == ONEDNN_KERNEL_GRAD:
-        return dy_hw[0] * dy_hw[1] >= w_shape[0] * w_shape[1]
+        return dy_covers_taps
     return True
 
 

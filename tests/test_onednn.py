@@ -192,8 +192,9 @@ def test_build_failure_is_one_clear_line(tmp_path, monkeypatch):
 def test_onednn_suits_the_measured_shapes():
     """Which HW6 operations go to oneDNN (`layers._onednn_suits`): not the 1-channel head, not
     a kernel gradient or strided input gradient over fewer dy positions than kernel taps (the
-    generator's first layer), not a strided conv's input gradient into 3 channels (the critic's first layer: one GEMM,
-    `layers._thin_phase_forward`), yes that layer's forward and kernel gradient."""
+    generator's first layer), not a strided conv's input gradient into 3 channels (the
+    critic's first layer: one GEMM, `layers._thin_phase_forward`), yes that layer's forward
+    and kernel gradient."""
     suits, fwd, dx, dw = (layers._onednn_suits, layers.ONEDNN_FORWARD, layers.ONEDNN_INPUT_GRAD,
                           layers.ONEDNN_KERNEL_GRAD)
     s2, s1 = (2, 2), (1, 1)
@@ -242,9 +243,9 @@ def _tuning_run(cache, tune="1"):
     import subprocess
     import sys
 
-    env = dict(os.environ, JAXGAN_CACHE_DIR=str(cache), JAXGAN_ONEDNN_TUNE=tune,
-               JAX_PLATFORMS="cpu")
-    out = subprocess.run([sys.executable, "-c", _TUNING_RUN], env=env, capture_output=True,
+    environ = dict(os.environ, JAXGAN_CACHE_DIR=str(cache), JAXGAN_ONEDNN_TUNE=tune,
+                   JAX_PLATFORMS="cpu")
+    out = subprocess.run([sys.executable, "-c", _TUNING_RUN], env=environ, capture_output=True,
                          text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
