@@ -12,13 +12,14 @@ def switched_off(name: str) -> bool:
 
 
 def cpuinfo(field: str) -> str:
-    """The first `field` line's value in /proc/cpuinfo ('vendor_id', 'model name', 'flags');
-    '' where none (or no /proc/cpuinfo)."""
+    """The value of the first /proc/cpuinfo line whose key is exactly `field` ('vendor_id',
+    'model', 'model name', 'flags'); '' where none (or no /proc/cpuinfo)."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith(field):
-                    return line.split(":", 1)[1].strip()
+                key, sep, value = line.partition(":")
+                if sep and key.strip() == field:
+                    return value.strip()
     except OSError:
         pass
     return ""

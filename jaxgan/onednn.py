@@ -102,8 +102,7 @@ def tuning_file() -> Path:
     """Where the fastest implementation per convolution shape is kept: one file per CPU
     (family, model, model name and flags: VMs of Zen 4 and Zen 5 EPYCs both say 'AMD EPYC'),
     thread count and libdnnl, since each of those changes the answer."""
-    cpu = "\n".join(env.cpuinfo(field) for field in ("cpu family", "model\t", "model name",
-                                                        "flags"))
+    cpu = "\n".join(env.cpuinfo(field) for field in ("cpu family", "model", "model name", "flags"))
     key = hashlib.sha256(b"\0".join([cpu.encode(), str(_threads()).encode(),
                                      str(library_path()).encode()])).hexdigest()[:16]
     return Path(env.cache_dir()) / f"onednn_tuning-{key}.tsv"

@@ -179,6 +179,23 @@ def test_default_follows_avx512_and_the_environment(monkeypatch):
     assert layers._default_onednn_ops() == 7
 
 
+def test_cpuinfo_reads_the_exact_key(monkeypatch):
+    """'model' is not 'model name' (the tuning file's key holds both: Zen 4 and Zen 5 VMs
+    both say 'AMD EPYC'); a missing key or file gives ''."""
+    import io
+
+    text = ("processor\t: 0\ncpu family\t: 26\nmodel\t\t: 2\nmodel name\t: AMD EPYC\n"
+            "flags\t\t: fpu avx512f\n")
+    monkeypatch.setattr(env, "open", lambda path: io.StringIO(text), raising=False)
+    assert [env.cpuinfo(k) for k in ("model", "model name", "cpu family", "flags", "flag")] == [
+        "2", "AMD EPYC", "26", "fpu avx512f", ""]
+
+    def missing(path):
+        raise FileNotFoundError(path)
+    monkeypatch.setattr(env, "open", missing, raising=False)
+    assert env.cpuinfo("flags") == ""
+
+
 def test_build_failure_is_one_clear_line(tmp_path, monkeypatch):
     if onednn.library_path() is None:
         pytest.skip("onednn-cpu-gomp not installed")
