@@ -3,9 +3,10 @@
 Why: on AVX-512 CPUs PyTorch's oneDNN convolutions beat XLA:CPU's Eigen ones, mostly because
 oneDNN skips the padding taps that Eigen multiplies (BUILD_NOTES.md, "Speed and scale").
 `jaxgan/native/onednn_conv.cc` wraps oneDNN's forward, backward-data and backward-weights
-convolutions as three FFI handlers; this module compiles it once per jaxlib (g++, into the
-user cache directory), registers the handlers and calls them. It needs the `onednn-cpu-gomp`
-wheel (a dependency on Linux x86_64) and a C++ compiler; without either,
+convolutions as three FFI handlers (and a fourth that reorders a kernel into the layout
+oneDNN's kernels read, once per kernel value: `_kernel_for`); this module compiles it once per
+jaxlib (g++, into the user cache directory), registers the handlers and calls them. It needs
+the `onednn-cpu-gomp` wheel (a dependency on Linux x86_64) and a C++ compiler; without either,
 `available()` is False with the reason in `unavailable_reason()`, and jaxgan's layers use
 XLA's own convolutions.
 
@@ -220,8 +221,8 @@ def _load() -> bool:
         return False
     import jax
 
-    for name in OPERATIONS:
-        target = f"jaxgan_onednn_conv_{name}"
+    for target in [f"jaxgan_onednn_conv_{name}" for name in OPERATIONS] + [
+            "jaxgan_onednn_kernel_blocked"]:
         jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(handlers, target)),
                                     platform="cpu")
     _configure(handlers)
@@ -253,31 +254,79 @@ def supports(x_shape, w_shape, strides, pads, dtype) -> bool:
     return all((x_shape[1 + a] + sum(pads[a]) - w_shape[a]) % strides[a] == 0 for a in (0, 1))
 
 
-def _call(name: str, a, b, out_shape, strides, pads):
+def _pads_lo_hi(pads):
+    return (np.asarray([lo for lo, _ in pads], np.int64),
+            np.asarray([hi for _, hi in pads], np.int64))
+
+
+def _call(name: str, a, b, out_shape, kernel_shape, strides, pads):
     import jax
     import jax.numpy as jnp
 
     if not _load():  # registers the handlers; `conv` may be the first thing a caller uses
         raise RuntimeError(f"jaxgan's oneDNN convolutions are unavailable: {_reason}")
-
+    pad_lo, pad_hi = _pads_lo_hi(pads)
     return jax.ffi.ffi_call(f"jaxgan_onednn_conv_{name}",
                             jax.ShapeDtypeStruct(tuple(out_shape), jnp.float32))(
-        a, b, strides=np.asarray(strides, np.int64),
-        pad_lo=np.asarray([lo for lo, _ in pads], np.int64),
-        pad_hi=np.asarray([hi for _, hi in pads], np.int64))
+        a, b, strides=np.asarray(strides, np.int64), pad_lo=pad_lo, pad_hi=pad_hi,
+        kernel=np.asarray(kernel_shape, np.int64))
+
+
+def blocked_kernel_floats(op: str, x_shape, w_shape, y_shape, strides, pads) -> int:
+    """Floats of the kernel in the blocked layout oneDNN's convolution for this shape reads
+    (`op`: "forward" or "backward_data"; x, y NHWC, w HWIO), 0 when it reads HWIO as it is.
+    Builds the shape's plan now, at trace time: its implementation (measured on first use)
+    decides the layout."""
+    if not _load():
+        raise RuntimeError(f"jaxgan's oneDNN convolutions are unavailable: {_reason}")
+    query = _handlers().jaxgan_onednn_blocked_kernel_floats
+    query.restype = ctypes.c_int64
+
+    def array(values):
+        a = np.ascontiguousarray(values, np.int64)
+        return a, a.ctypes.data_as(ctypes.POINTER(ctypes.c_int64))
+
+    arrays = [array(v) for v in (x_shape, w_shape, y_shape, strides, *_pads_lo_hi(pads))]
+    floats = query(ctypes.c_int(OPERATIONS.index(op)), *(ptr for _, ptr in arrays))
+    if floats < 0:
+        raise RuntimeError(f"oneDNN has no {op} convolution for x {tuple(x_shape)}, "
+                           f"kernel {tuple(w_shape)}, strides {tuple(strides)}, pads {pads}")
+    return int(floats)
+
+
+def _kernel_for(op: str, w, x_shape, y_shape, strides, pads):
+    """w as the `op` convolution reads it: reordered by XLA's own op into oneDNN's blocked
+    layout where that is not HWIO. Why a separate op: the same kernel value feeds several
+    convolutions of a step (real and fake batches, the gradient penalty's passes), and XLA
+    computes identical ops once, where each call reordering it itself repeated the work
+    (WGAN-GP: 262 of 5150 ms of oneDNN time per step on a Xeon, BUILD_NOTES.md session 37)."""
+    import jax
+    import jax.numpy as jnp
+
+    floats = blocked_kernel_floats(op, x_shape, w.shape, y_shape, strides, pads)
+    if not floats:
+        return w
+    pad_lo, pad_hi = _pads_lo_hi(pads)
+    return jax.ffi.ffi_call("jaxgan_onednn_kernel_blocked",
+                            jax.ShapeDtypeStruct((floats,), jnp.float32))(
+        w, kind=np.int64(OPERATIONS.index(op)), x=np.asarray(x_shape, np.int64),
+        y=np.asarray(y_shape, np.int64), strides=np.asarray(strides, np.int64),
+        pad_lo=pad_lo, pad_hi=pad_hi)
 
 
 def conv(x, w, strides, pads):
     """y = C(x, w): `lax.conv_general_dilated(x, w, strides, pads)` in NHWC / HWIO."""
-    out_hw = output_hw(x.shape, w.shape, strides, pads)
-    return _call("forward", x, w, (x.shape[0], *out_hw, w.shape[3]), strides, pads)
+    y_shape = (x.shape[0], *output_hw(x.shape, w.shape, strides, pads), w.shape[3])
+    kernel = _kernel_for("forward", w, x.shape, y_shape, strides, pads)
+    return _call("forward", x, kernel, y_shape, w.shape, strides, pads)
 
 
 def conv_dx(dy, w, x_shape, strides, pads):
     """dx = DX(dy, w), the input gradient of `conv` at an x of shape x_shape."""
-    return _call("backward_data", dy, w, x_shape, strides, pads)
+    kernel = _kernel_for("backward_data", w, x_shape, dy.shape, strides, pads)
+    return _call("backward_data", dy, kernel, x_shape, w.shape, strides, pads)
 
 
 def conv_dw(x, dy, w_shape, strides, pads):
     """dw = DW(x, dy), the kernel gradient of `conv`."""
-    return _call("backward_weights", x, dy, w_shape, strides, pads)
+    return _call("backward_weights", x, dy, w_shape, w_shape, strides, pads)

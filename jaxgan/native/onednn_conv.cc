@@ -6,6 +6,9 @@
 //   forward          y  = C(x, w)      args (x, w)  -> y
 //   backward data    dx = DX(dy, w)    args (dy, w) -> dx
 //   backward weights dw = DW(x, dy)    args (x, dy) -> dw
+// A fourth puts a kernel in the blocked layout a forward / backward-data plan reads
+// (`jaxgan_onednn_kernel_blocked`); those two handlers then take that 1-D buffer for their
+// kernel, so XLA reorders each kernel value once, not once per call (jaxgan/onednn.py).
 // oneDNN is called through the few functions of its stable C API declared below (no oneDNN
 // headers needed; libdnnl.so.3 comes from the `onednn-cpu-gomp` wheel). Primitives are built
 // once per shape and kept; calls are serialized (oneDNN's own threads use every core).
@@ -22,6 +25,7 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdint>
+#include <cstdlib>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -71,6 +75,9 @@ dnnl_status dnnl_primitive_desc_next_impl(dnnl_handle pd);
 dnnl_status dnnl_primitive_desc_query(const void* pd, int what, int index, void* result);
 dnnl_status dnnl_primitive_destroy(dnnl_handle primitive);
 dnnl_status dnnl_primitive_create(dnnl_handle* primitive, const void* pd);
+dnnl_status dnnl_primitive_get_primitive_desc(const void* primitive, const void** pd);
+dnnl_status dnnl_primitive_attr_create(dnnl_handle* attr);
+dnnl_status dnnl_primitive_attr_set_scratchpad_mode(dnnl_handle attr, int mode);
 dnnl_status dnnl_primitive_execute(const void* primitive, dnnl_handle stream, int nargs,
     const dnnl_exec_arg* args);
 }
@@ -81,6 +88,7 @@ namespace {
 constexpr int kCpu = 1, kInOrder = 1, kF32 = 3, kTagAny = 1;
 constexpr int kForwardTraining = 64, kConvolutionDirect = 1;
 constexpr int kQueryWeightsMd = 131, kQueryDiffWeightsMd = 132, kQueryImplInfoStr = 8;
+constexpr int kQueryScratchpadMd = 136, kScratchpadUser = 1, kArgScratchpad = 80;
 constexpr int kArgSrc = 1, kArgDst = 17, kArgWeights = 33;
 constexpr int kArgDiffSrc = 129, kArgDiffDst = 145, kArgDiffWeights = 161;
 
@@ -136,7 +144,43 @@ dnnl_handle MakePrimitive(const void* pd) {
   return prim;
 }
 
+// Every primitive gets its scratch memory from us (the handlers' mutex held), not from oneDNN.
+// Why: oneDNN's own ("library") scratchpad is one buffer per thread, sized by the primitives
+// created on that thread, but XLA calls a primitive from whichever of its threads runs the
+// custom call, and plans are built at trace time on Python's: an im2col kernel then wrote
+// into another thread's smaller (or absent) buffer and crashed.
+const void* UserScratchpadAttr() {
+  static dnnl_handle attr = [] {
+    dnnl_handle a;
+    Check(dnnl_primitive_attr_create(&a), "primitive_attr_create");
+    Check(dnnl_primitive_attr_set_scratchpad_mode(a, kScratchpadUser), "scratchpad mode");
+    return a;
+  }();
+  return attr;
+}
+
+// The one scratch buffer, grown to the largest a call has needed (calls are serialized).
+void* Scratch(size_t bytes) {
+  static void* data = nullptr;
+  static size_t size = 0;
+  if (bytes > size) {
+    std::free(data);
+    size = (bytes + 4095) / 4096 * 4096;
+    data = std::aligned_alloc(4096, size);
+    if (!data) size = 0, throw Failure("scratchpad allocation failed");
+  }
+  return data;
+}
+
 void Execute(dnnl_handle prim, std::vector<dnnl_exec_arg> args) {
+  const void* pd = nullptr;
+  Check(dnnl_primitive_get_primitive_desc(prim, &pd), "primitive_get_primitive_desc");
+  const void* scratch_md = dnnl_primitive_desc_query_md(pd, kQueryScratchpadMd, 0);
+  std::unique_ptr<Memory> scratch;
+  if (size_t bytes = scratch_md ? dnnl_memory_desc_get_size(scratch_md) : 0) {
+    scratch = std::make_unique<Memory>(scratch_md, Scratch(bytes));
+    args.push_back({kArgScratchpad, scratch->mem});
+  }
   Check(dnnl_primitive_execute(prim, GetContext().stream, args.size(), args.data()), "execute");
 }
 
@@ -227,13 +271,17 @@ double TrialSeconds(const void* pd, Kind kind, const MemoryDesc& src, const Memo
 }
 
 // dims are oneDNN's logical order: x [N, C, H, W], w [O, I, KH, KW], y [N, O, OH, OW].
-// x_data / y_data are the call's buffers, which tuning may run on.
+// x_data / y_data are the call's buffers, which tuning may run on (null: scratch ones).
 std::unique_ptr<Plan> BuildPlan(Kind kind, const Key& key, std::vector<int64_t> x,
                                 std::vector<int64_t> w, std::vector<int64_t> y,
                                 const int64_t* strides, const int64_t* pad_l,
                                 const int64_t* pad_r, float* x_data, float* y_data) {
   auto& ctx = GetContext();
   auto plan = std::make_unique<Plan>();
+  std::vector<float> x_scratch, y_scratch;  // tuning's activations when no call's are given
+  auto count = [](const std::vector<int64_t>& d) { return d[0] * d[1] * d[2] * d[3]; };
+  if (!x_data) x_scratch.assign(count(x), 0.5f), x_data = x_scratch.data();
+  if (!y_data) y_scratch.assign(count(y), 0.5f), y_data = y_scratch.data();
   plan->src = MemoryDesc(x, "acdb");
   plan->dst = MemoryDesc(y, "acdb");
   plan->weights_user = MemoryDesc(w, "cdba");
@@ -243,7 +291,8 @@ std::unique_ptr<Plan> BuildPlan(Kind kind, const Key& key, std::vector<int64_t> 
     dnnl_handle pd;
     Check(dnnl_convolution_forward_primitive_desc_create(
               &pd, ctx.engine, kForwardTraining, kConvolutionDirect, plan->src.md,
-              weights_any.md, nullptr, plan->dst.md, strides, dilates, pad_l, pad_r, nullptr),
+              weights_any.md, nullptr, plan->dst.md, strides, dilates, pad_l, pad_r,
+              UserScratchpadAttr()),
           "convolution forward desc");
     return pd;
   };
@@ -256,12 +305,12 @@ std::unique_ptr<Plan> BuildPlan(Kind kind, const Key& key, std::vector<int64_t> 
     if (kind == kBackwardData) {
       Check(dnnl_convolution_backward_data_primitive_desc_create(
                 &pd, ctx.engine, kConvolutionDirect, plan->src.md, weights_any.md,
-                plan->dst.md, strides, dilates, pad_l, pad_r, fwd_pd, nullptr),
+                plan->dst.md, strides, dilates, pad_l, pad_r, fwd_pd, UserScratchpadAttr()),
             "convolution backward data desc");
     } else {
       Check(dnnl_convolution_backward_weights_primitive_desc_create(
                 &pd, ctx.engine, kConvolutionDirect, plan->src.md, weights_any.md, nullptr,
-                plan->dst.md, strides, dilates, pad_l, pad_r, fwd_pd, nullptr),
+                plan->dst.md, strides, dilates, pad_l, pad_r, fwd_pd, UserScratchpadAttr()),
             "convolution backward weights desc");
     }
     return pd;
@@ -319,7 +368,7 @@ std::unique_ptr<Plan> BuildPlan(Kind kind, const Key& key, std::vector<int64_t> 
     const void* from = to_user ? plan->weights_blocked : plan->weights_user.md;
     const void* to = to_user ? plan->weights_user.md : plan->weights_blocked;
     Check(dnnl_reorder_primitive_desc_create(&reorder_pd, from, ctx.engine, to, ctx.engine,
-                                             nullptr),
+                                             UserScratchpadAttr()),
           "reorder desc");
     plan->reorder = MakePrimitive(reorder_pd);
     dnnl_primitive_desc_destroy(reorder_pd);
@@ -346,67 +395,118 @@ std::map<Key, CallTimes>& Times() {  // guarded by the mutex
 }
 
 // Adds one call's times when it goes out of scope (the lock is still held: declared after it).
+// A kernel reorder's call adds its times to its convolution's but no call.
 struct CallTimer {
   using Clock = std::chrono::steady_clock;
   const Key& key;
   Clock::time_point asked, started;
+  bool counts_a_call = true;
   ~CallTimer() {
     auto& times = Times()[key];
-    times.calls += 1;
+    times.calls += counts_a_call;
     times.waiting += std::chrono::duration<double>(started - asked).count();
     times.busy += std::chrono::duration<double>(Clock::now() - started).count();
   }
 };
 
+// dims in oneDNN's logical order (nhwc / hwio below), kind, strides and pads: the plan's key
+Key MakeKey(Kind kind, const std::vector<int64_t>& x, const std::vector<int64_t>& w,
+            const std::vector<int64_t>& y, const int64_t* st, const int64_t* lo,
+            const int64_t* hi) {
+  return Key{kind, x[0], x[1], x[2], x[3], w[0], w[2], w[3], y[2], y[3], st[0], st[1], lo[0],
+             lo[1], hi[0], hi[1]};
+}
+
+template <typename Dims>
+std::vector<int64_t> Nhwc(const Dims& dims) {  // NHWC buffer dims -> oneDNN's (N, C, H, W)
+  return {dims[0], dims[3], dims[1], dims[2]};
+}
+
+template <typename Dims>
+std::vector<int64_t> Hwio(const Dims& dims) {  // HWIO kernel dims -> oneDNN's (O, I, KH, KW)
+  return {dims[3], dims[2], dims[0], dims[1]};
+}
+
+// The shape's plan, built (and its implementation chosen) on first use; the mutex is held.
+Plan& GetPlan(Kind kind, const Key& key, const std::vector<int64_t>& x,
+              const std::vector<int64_t>& w, const std::vector<int64_t>& y, const int64_t* st,
+              const int64_t* lo, const int64_t* hi, float* x_data, float* y_data) {
+  auto& plan = Plans()[key];
+  if (!plan) plan = BuildPlan(kind, key, x, w, y, st, lo, hi, x_data, y_data);
+  return *plan;
+}
+
+// Floats of the kernel in the layout the plan's convolution reads, 0 when that is HWIO itself.
+int64_t BlockedFloats(const Plan& plan) {
+  return plan.reorder ? dnnl_memory_desc_get_size(plan.weights_blocked) / sizeof(float) : 0;
+}
+
+bool Is4d(const std::vector<int64_t>& dims) { return dims.size() == 4; }
+
+template <typename Buffer>
+std::vector<int64_t> DimsOf(const Buffer& buffer) {
+  auto d = buffer.dimensions();
+  return std::vector<int64_t>(d.begin(), d.end());
+}
+
 // a: x (forward, weights) or dy (data); b: w (forward, data) or dy (weights); out: the result.
+// kernel: the HWIO kernel's dims. For forward and backward data, b may instead be the kernel
+// already in the plan's blocked layout (1-D, from `jaxgan_onednn_kernel_blocked`): XLA then
+// computes that layout once per kernel value, not once per call.
 ffi::Error Run(Kind kind, ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::F32> b,
                ffi::ResultBuffer<ffi::F32> out, ffi::Span<const int64_t> strides,
-               ffi::Span<const int64_t> pad_lo, ffi::Span<const int64_t> pad_hi) {
-  if (a.dimensions().size() != 4 || b.dimensions().size() != 4 ||
-      out->dimensions().size() != 4 || strides.size() != 2 || pad_lo.size() != 2 ||
-      pad_hi.size() != 2)
-    return ffi::Error::InvalidArgument("jaxgan onednn conv: 4-D operands, 2 strides, 2 pads");
-  auto nhwc = [](auto dims) {  // NHWC buffer dims -> oneDNN's (N, C, H, W)
-    return std::vector<int64_t>{dims[0], dims[3], dims[1], dims[2]};
-  };
-  auto hwio = [](auto dims) {  // HWIO buffer dims -> oneDNN's (O, I, KH, KW)
-    return std::vector<int64_t>{dims[3], dims[2], dims[0], dims[1]};
-  };
-  std::vector<int64_t> x, w, y;
+               ffi::Span<const int64_t> pad_lo, ffi::Span<const int64_t> pad_hi,
+               ffi::Span<const int64_t> kernel) {
+  const auto a_dims = DimsOf(a), b_dims = DimsOf(b), out_dims = DimsOf(*out);
+  const std::vector<int64_t> kernel_dims(kernel.begin(), kernel.end());
+  const bool pre_blocked = kind != kBackwardWeights && b_dims.size() == 1;
+  const auto& plain_kernel = kind == kBackwardWeights ? out_dims : b_dims;
+  if (!Is4d(a_dims) || !Is4d(kind == kBackwardWeights ? b_dims : out_dims) ||
+      !Is4d(kernel_dims) || (!pre_blocked && plain_kernel != kernel_dims) ||
+      strides.size() != 2 || pad_lo.size() != 2 || pad_hi.size() != 2)
+    return ffi::Error::InvalidArgument(
+        "jaxgan onednn conv: 4-D operands (or a blocked 1-D kernel), 2 strides, 2 pads");
+  std::vector<int64_t> x, w = Hwio(kernel_dims), y;
   float *x_data, *w_data, *y_data;
   if (kind == kForward) {
-    x = nhwc(a.dimensions()); w = hwio(b.dimensions()); y = nhwc(out->dimensions());
+    x = Nhwc(a_dims); y = Nhwc(out_dims);
     x_data = a.typed_data(); w_data = b.typed_data(); y_data = out->typed_data();
   } else if (kind == kBackwardData) {
-    y = nhwc(a.dimensions()); w = hwio(b.dimensions()); x = nhwc(out->dimensions());
+    y = Nhwc(a_dims); x = Nhwc(out_dims);
     y_data = a.typed_data(); w_data = b.typed_data(); x_data = out->typed_data();
   } else {
-    x = nhwc(a.dimensions()); y = nhwc(b.dimensions()); w = hwio(out->dimensions());
+    x = Nhwc(a_dims); y = Nhwc(b_dims);
     x_data = a.typed_data(); y_data = b.typed_data(); w_data = out->typed_data();
   }
   const int64_t st[2] = {strides[0], strides[1]};
   const int64_t lo[2] = {pad_lo[0], pad_lo[1]}, hi[2] = {pad_hi[0], pad_hi[1]};
-  Key key{kind, x[0], x[1], x[2], x[3], w[0], w[2], w[3], y[2], y[3], st[0], st[1], lo[0],
-          lo[1], hi[0], hi[1]};
+  const Key key = MakeKey(kind, x, w, y, st, lo, hi);
   auto asked = CallTimer::Clock::now();
   std::lock_guard<std::mutex> lock(mutex);
   CallTimer timer{key, asked, CallTimer::Clock::now()};
   try {
-    auto& plan = Plans()[key];
-    if (!plan) plan = BuildPlan(kind, key, x, w, y, st, lo, hi, x_data, y_data);
-    Memory src(plan->src.md, x_data), dst(plan->dst.md, y_data);
-    Memory weights_user(plan->weights_user.md, w_data);
-    std::unique_ptr<Memory> blocked;
-    dnnl_handle weights = weights_user.mem;
-    if (plan->reorder) {
-      blocked = std::make_unique<Memory>(plan->weights_blocked, plan->blocked.data());
-      weights = blocked->mem;
+    auto& plan = GetPlan(kind, key, x, w, y, st, lo, hi, x_data, y_data);
+    Memory src(plan.src.md, x_data), dst(plan.dst.md, y_data);
+    if (pre_blocked) {
+      if (b_dims[0] != BlockedFloats(plan) || b_dims[0] == 0)
+        return ffi::Error::InvalidArgument(
+            "jaxgan onednn conv: the blocked kernel's size is not this plan's");
+      Memory weights(plan.weights_blocked, w_data);
+      Execute(plan.conv, ConvArgs(kind, src.mem, weights.mem, dst.mem));
+    } else {
+      Memory weights_user(plan.weights_user.md, w_data);
+      std::unique_ptr<Memory> blocked;
+      dnnl_handle weights = weights_user.mem;
+      if (plan.reorder) {
+        blocked = std::make_unique<Memory>(plan.weights_blocked, plan.blocked.data());
+        weights = blocked->mem;
+      }
+      if (kind != kBackwardWeights && plan.reorder)  // the kernel in, to oneDNN's layout
+        Execute(plan.reorder, {{kArgSrc, weights_user.mem}, {kArgDst, weights}});
+      Execute(plan.conv, ConvArgs(kind, src.mem, weights, dst.mem));
+      if (kind == kBackwardWeights && plan.reorder)  // the kernel gradient out, back to HWIO
+        Execute(plan.reorder, {{kArgSrc, weights}, {kArgDst, weights_user.mem}});
     }
-    if (kind != kBackwardWeights && plan->reorder)  // the kernel in, to oneDNN's layout
-      Execute(plan->reorder, {{kArgSrc, weights_user.mem}, {kArgDst, weights}});
-    Execute(plan->conv, ConvArgs(kind, src.mem, weights, dst.mem));
-    if (kind == kBackwardWeights && plan->reorder)  // the kernel gradient out, back to HWIO
-      Execute(plan->reorder, {{kArgSrc, weights}, {kArgDst, weights_user.mem}});
     Check(dnnl_stream_wait(GetContext().stream), "stream_wait");
   } catch (const Failure& e) {
     Plans().erase(key);
@@ -418,8 +518,45 @@ ffi::Error Run(Kind kind, ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::F32> b,
 template <Kind kind>
 ffi::Error RunKind(ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::F32> b,
                    ffi::ResultBuffer<ffi::F32> out, ffi::Span<const int64_t> strides,
-                   ffi::Span<const int64_t> pad_lo, ffi::Span<const int64_t> pad_hi) {
-  return Run(kind, a, b, out, strides, pad_lo, pad_hi);
+                   ffi::Span<const int64_t> pad_lo, ffi::Span<const int64_t> pad_hi,
+                   ffi::Span<const int64_t> kernel) {
+  return Run(kind, a, b, out, strides, pad_lo, pad_hi, kernel);
+}
+
+// The HWIO kernel w in the blocked layout of the plan for (kind, x, y, strides, pads): the
+// reorder each forward / backward-data call would otherwise run on its own.
+ffi::Error ReorderKernel(ffi::Buffer<ffi::F32> w, ffi::ResultBuffer<ffi::F32> out,
+                         int64_t kind_attr, ffi::Span<const int64_t> x_nhwc,
+                         ffi::Span<const int64_t> y_nhwc, ffi::Span<const int64_t> strides,
+                         ffi::Span<const int64_t> pad_lo, ffi::Span<const int64_t> pad_hi) {
+  const auto w_dims = DimsOf(w), out_dims = DimsOf(*out);
+  if ((kind_attr != kForward && kind_attr != kBackwardData) || !Is4d(w_dims) ||
+      out_dims.size() != 1 || x_nhwc.size() != 4 || y_nhwc.size() != 4 ||
+      strides.size() != 2 || pad_lo.size() != 2 || pad_hi.size() != 2)
+    return ffi::Error::InvalidArgument(
+        "jaxgan onednn kernel reorder: forward or backward data, a 4-D kernel, 1-D result");
+  const Kind kind = static_cast<Kind>(kind_attr);
+  const auto x = Nhwc(x_nhwc), w_ = Hwio(w_dims), y = Nhwc(y_nhwc);
+  const int64_t st[2] = {strides[0], strides[1]};
+  const int64_t lo[2] = {pad_lo[0], pad_lo[1]}, hi[2] = {pad_hi[0], pad_hi[1]};
+  const Key key = MakeKey(kind, x, w_, y, st, lo, hi);
+  auto asked = CallTimer::Clock::now();
+  std::lock_guard<std::mutex> lock(mutex);
+  CallTimer timer{key, asked, CallTimer::Clock::now(), false};
+  try {
+    auto& plan = GetPlan(kind, key, x, w_, y, st, lo, hi, nullptr, nullptr);
+    if (out_dims[0] != BlockedFloats(plan) || out_dims[0] == 0)
+      return ffi::Error::InvalidArgument(
+          "jaxgan onednn kernel reorder: the result's size is not this plan's blocked kernel");
+    Memory user(plan.weights_user.md, w.typed_data()), blocked(plan.weights_blocked,
+                                                                out->typed_data());
+    Execute(plan.reorder, {{kArgSrc, user.mem}, {kArgDst, blocked.mem}});
+    Check(dnnl_stream_wait(GetContext().stream), "stream_wait");
+  } catch (const Failure& e) {
+    Plans().erase(key);
+    return ffi::Error::Internal(e.what());
+  }
+  return ffi::Error::Success();
 }
 
 }  // namespace
@@ -453,6 +590,29 @@ extern "C" void jaxgan_onednn_tuning_stats(int64_t* tuned, double* seconds) {
   *seconds = GetTuning().seconds;
 }
 
+// At trace time: floats of the kernel in the blocked layout that the plan for this forward
+// (kind 0) or backward-data (kind 1) convolution reads, 0 when it reads HWIO itself, -1 when
+// the plan cannot be built. Builds the plan (measuring its implementations on scratch buffers).
+// Dims as the XLA buffers have them: x and y NHWC, w HWIO.
+extern "C" int64_t jaxgan_onednn_blocked_kernel_floats(int kind, const int64_t* x_nhwc,
+                                                       const int64_t* w_hwio,
+                                                       const int64_t* y_nhwc,
+                                                       const int64_t* strides,
+                                                       const int64_t* pad_lo,
+                                                       const int64_t* pad_hi) {
+  if (kind != kForward && kind != kBackwardData) return -1;
+  const auto x = Nhwc(x_nhwc), w = Hwio(w_hwio), y = Nhwc(y_nhwc);
+  const Key key = MakeKey(static_cast<Kind>(kind), x, w, y, strides, pad_lo, pad_hi);
+  std::lock_guard<std::mutex> lock(mutex);
+  try {
+    return BlockedFloats(GetPlan(static_cast<Kind>(kind), key, x, w, y, strides, pad_lo,
+                                 pad_hi, nullptr, nullptr));
+  } catch (const Failure&) {
+    Plans().erase(key);
+    return -1;
+  }
+}
+
 // The calls since the last reset, one "shape<TAB>calls<TAB>busy s<TAB>waiting s" line per
 // shape, into buf (at most size bytes, NUL-terminated); returns the length the whole text needs
 // (call again with a larger buffer when it is >= size). reset: clear the counts afterwards.
@@ -482,8 +642,20 @@ extern "C" int64_t jaxgan_onednn_call_stats(char* buf, int64_t size, int reset) 
                                     .Ret<ffi::Buffer<ffi::F32>>()                   \
                                     .Attr<ffi::Span<const int64_t>>("strides")      \
                                     .Attr<ffi::Span<const int64_t>>("pad_lo")       \
-                                    .Attr<ffi::Span<const int64_t>>("pad_hi"));
+                                    .Attr<ffi::Span<const int64_t>>("pad_hi")       \
+                                    .Attr<ffi::Span<const int64_t>>("kernel"));
 
 JAXGAN_CONV_HANDLER(jaxgan_onednn_conv_forward, kForward)
 JAXGAN_CONV_HANDLER(jaxgan_onednn_conv_backward_data, kBackwardData)
 JAXGAN_CONV_HANDLER(jaxgan_onednn_conv_backward_weights, kBackwardWeights)
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(jaxgan_onednn_kernel_blocked, ReorderKernel,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int64_t>("kind")
+                                  .Attr<ffi::Span<const int64_t>>("x")
+                                  .Attr<ffi::Span<const int64_t>>("y")
+                                  .Attr<ffi::Span<const int64_t>>("strides")
+                                  .Attr<ffi::Span<const int64_t>>("pad_lo")
+                                  .Attr<ffi::Span<const int64_t>>("pad_hi"));
