@@ -428,6 +428,8 @@ std::vector<int64_t> Hwio(const Dims& dims) {  // HWIO kernel dims -> oneDNN's (
 }
 
 // The shape's plan, built (and its implementation chosen) on first use; the mutex is held.
+// A built plan stays for the process, failed calls included: a traced program's kernel
+// reorder and its convolutions must agree on the layout, which a rebuilt plan could change.
 Plan& GetPlan(Kind kind, const Key& key, const std::vector<int64_t>& x,
               const std::vector<int64_t>& w, const std::vector<int64_t>& y, const int64_t* st,
               const int64_t* lo, const int64_t* hi, float* x_data, float* y_data) {
@@ -509,7 +511,6 @@ ffi::Error Run(Kind kind, ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::F32> b,
     }
     Check(dnnl_stream_wait(GetContext().stream), "stream_wait");
   } catch (const Failure& e) {
-    Plans().erase(key);
     return ffi::Error::Internal(e.what());
   }
   return ffi::Error::Success();
@@ -553,7 +554,6 @@ ffi::Error ReorderKernel(ffi::Buffer<ffi::F32> w, ffi::ResultBuffer<ffi::F32> ou
     Execute(plan.reorder, {{kArgSrc, user.mem}, {kArgDst, blocked.mem}});
     Check(dnnl_stream_wait(GetContext().stream), "stream_wait");
   } catch (const Failure& e) {
-    Plans().erase(key);
     return ffi::Error::Internal(e.what());
   }
   return ffi::Error::Success();
