@@ -207,7 +207,9 @@ std::string ImplName(const void* pd) {
 
 // Not tried: oneDNN's reference and SSE4.1 kernels (a hundred times slower where a vector
 // kernel exists, a trial run of seconds) and its im2col + GEMM ones, whose backward-data
-// execute failed now and then (status 2) while XLA ran another operation beside it.
+// execute failed now and then (status 2) while XLA ran another operation beside it (most
+// likely oneDNN's per-thread scratchpad, replaced by ours since; allowed again, they won no
+// HW6 shape on Zen 4: BUILD_NOTES.md, session 38).
 bool WorthTrying(const std::string& name) {
   return name.rfind("ref", 0) != 0 && name.find("sse41") == std::string::npos &&
          name.find("gemm") == std::string::npos;
