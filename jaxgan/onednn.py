@@ -14,7 +14,7 @@ The first time a process meets a convolution shape, the handlers time each of on
 implementations for it and keep the fastest (a few tenths of a second per shape, a few
 seconds for a model's first step); the choices go to `tuning_file()`, one file per CPU model
 and thread count, so later runs on the machine start at full speed. JAXGAN_ONEDNN_TUNE=0
-(or `set_tuning(False)` before the first step) keeps oneDNN's own first choice.
+(or `set_tuning(False)` before the first step is traced) keeps oneDNN's own first choice.
 """
 
 from __future__ import annotations
@@ -121,7 +121,7 @@ def _configure(handlers) -> None:
 
 def set_tuning(enabled: bool) -> None:
     """Whether shapes not measured yet are timed per implementation (the default) or run with
-    oneDNN's first choice. Affects the shapes a process has not run yet."""
+    oneDNN's first choice. Affects the shapes a process has not traced or run yet."""
     global _tune
     _tune = bool(enabled)
     if _load():
