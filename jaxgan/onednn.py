@@ -295,8 +295,8 @@ def blocked_kernel_floats(op: str, x_shape, w_shape, y_shape, strides, pads) -> 
 
 
 def _kernel_for(op: str, w, x_shape, y_shape, strides, pads):
-    """w as the `op` convolution reads it: reordered by XLA's own op into oneDNN's blocked
-    layout where that is not HWIO. Why a separate op: the same kernel value feeds several
+    """w as the `op` convolution reads it: reordered by a custom call of its own into
+    oneDNN's blocked layout where that is not HWIO. Why a separate call: the same kernel value feeds several
     convolutions of a step (real and fake batches, the gradient penalty's passes), and XLA
     computes identical ops once, where each call reordering it itself repeated the work
     (WGAN-GP: 262 of 5150 ms of oneDNN time per step on a Xeon, BUILD_NOTES.md session 37)."""
