@@ -221,7 +221,7 @@ struct Plan {
   dnnl_handle conv = nullptr, reorder = nullptr;
   MemoryDesc src, dst, weights_user;  // NHWC x, NHWC y, HWIO kernel
   const void* weights_blocked = nullptr;  // owned by the conv's primitive descriptor
-  std::vector<float> blocked;             // the kernel in that layout
+  std::vector<float> blocked;  // the kernel in that layout, for calls that reorder it themselves
 };
 
 // kind, x [N, C, H, W], w [O, KH, KW], y [OH, OW], strides, pads low, pads high
@@ -364,7 +364,6 @@ std::unique_ptr<Plan> BuildPlan(Kind kind, const Key& key, std::vector<int64_t> 
   plan->conv = MakePrimitive(pd);
   plan->weights_blocked = dnnl_primitive_desc_query_md(pd, weights_query, 0);
   if (!dnnl_memory_desc_equal(plan->weights_blocked, plan->weights_user.md)) {
-    plan->blocked.resize(dnnl_memory_desc_get_size(plan->weights_blocked) / sizeof(float));
     dnnl_handle reorder_pd;
     bool to_user = kind == kBackwardWeights;
     const void* from = to_user ? plan->weights_blocked : plan->weights_user.md;
@@ -502,6 +501,8 @@ ffi::Error Run(Kind kind, ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::F32> b,
       std::unique_ptr<Memory> blocked;
       dnnl_handle weights = weights_user.mem;
       if (plan.reorder) {
+        // allocated on first use: plans whose kernels come pre-blocked never need it
+        if (plan.blocked.empty()) plan.blocked.resize(BlockedFloats(plan));
         blocked = std::make_unique<Memory>(plan.weights_blocked, plan.blocked.data());
         weights = blocked->mem;
       }
