@@ -452,6 +452,20 @@ std::vector<int64_t> DimsOf(const Buffer& buffer) {
   return std::vector<int64_t>(d.begin(), d.end());
 }
 
+// Runs body (which returns the call's ffi::Error) under the handlers' mutex with the call
+// timed for key's stats; a oneDNN failure becomes the call's error.
+template <typename Body>
+ffi::Error Serialized(const Key& key, bool counts_a_call, Body body) {
+  auto asked = CallTimer::Clock::now();
+  std::lock_guard<std::mutex> lock(mutex);
+  CallTimer timer{key, asked, CallTimer::Clock::now(), counts_a_call};
+  try {
+    return body();
+  } catch (const Failure& e) {
+    return ffi::Error::Internal(e.what());
+  }
+}
+
 // a: x (forward, weights) or dy (data); b: w (forward, data) or dy (weights); out: the result.
 // kernel: the HWIO kernel's dims. For forward and backward data, b may instead be the kernel
 // already in the plan's blocked layout (1-D, from `jaxgan_onednn_kernel_blocked`): XLA then
@@ -484,10 +498,7 @@ ffi::Error Run(Kind kind, ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::F32> b,
   const int64_t st[2] = {strides[0], strides[1]};
   const int64_t lo[2] = {pad_lo[0], pad_lo[1]}, hi[2] = {pad_hi[0], pad_hi[1]};
   const Key key = MakeKey(kind, x, w, y, st, lo, hi);
-  auto asked = CallTimer::Clock::now();
-  std::lock_guard<std::mutex> lock(mutex);
-  CallTimer timer{key, asked, CallTimer::Clock::now()};
-  try {
+  return Serialized(key, true, [&]() -> ffi::Error {
     auto& plan = GetPlan(kind, key, x, w, y, st, lo, hi, x_data, y_data);
     Memory src(plan.src.md, x_data), dst(plan.dst.md, y_data);
     if (pre_blocked) {
@@ -513,10 +524,8 @@ ffi::Error Run(Kind kind, ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::F32> b,
         Execute(plan.reorder, {{kArgSrc, weights}, {kArgDst, weights_user.mem}});
     }
     Check(dnnl_stream_wait(GetContext().stream), "stream_wait");
-  } catch (const Failure& e) {
-    return ffi::Error::Internal(e.what());
-  }
-  return ffi::Error::Success();
+    return ffi::Error::Success();
+  });
 }
 
 template <Kind kind>
@@ -544,10 +553,7 @@ ffi::Error ReorderKernel(ffi::Buffer<ffi::F32> w, ffi::ResultBuffer<ffi::F32> ou
   const int64_t st[2] = {strides[0], strides[1]};
   const int64_t lo[2] = {pad_lo[0], pad_lo[1]}, hi[2] = {pad_hi[0], pad_hi[1]};
   const Key key = MakeKey(kind, x, w_, y, st, lo, hi);
-  auto asked = CallTimer::Clock::now();
-  std::lock_guard<std::mutex> lock(mutex);
-  CallTimer timer{key, asked, CallTimer::Clock::now(), false};
-  try {
+  return Serialized(key, false, [&]() -> ffi::Error {
     auto& plan = GetPlan(kind, key, x, w_, y, st, lo, hi, nullptr, nullptr);
     if (out_dims[0] != BlockedFloats(plan) || out_dims[0] == 0)
       return ffi::Error::InvalidArgument(
@@ -556,10 +562,8 @@ ffi::Error ReorderKernel(ffi::Buffer<ffi::F32> w, ffi::ResultBuffer<ffi::F32> ou
                                                                 out->typed_data());
     Execute(plan.reorder, {{kArgSrc, user.mem}, {kArgDst, blocked.mem}});
     Check(dnnl_stream_wait(GetContext().stream), "stream_wait");
-  } catch (const Failure& e) {
-    return ffi::Error::Internal(e.what());
-  }
-  return ffi::Error::Success();
+    return ffi::Error::Success();
+  });
 }
 
 }  // namespace
@@ -610,8 +614,7 @@ extern "C" int64_t jaxgan_onednn_blocked_kernel_floats(int kind, const int64_t* 
   try {
     return BlockedFloats(GetPlan(static_cast<Kind>(kind), key, x, w, y, strides, pad_lo,
                                  pad_hi, nullptr, nullptr));
-  } catch (const Failure&) {
-    Plans().erase(key);
+  } catch (const Failure&) {  // no plan was kept: the next use tries to build it again
     return -1;
   }
 }
