@@ -60,19 +60,25 @@ def test_three_operations_match_lax(shape):
     _close(jax.jit(lambda x, dy: onednn.conv_dw(x, dy, kernel.shape, st, pads))(x, dy), want_dw)
 
 
+def _blocked_forward_case():
+    """A critic-like k4 s2 forward conv whose oneDNN kernel reads a blocked layout: x, the
+    kernel, y's shape, strides, pads and the blocked kernel's floats (skips where it is HWIO)."""
+    n, h, w, cin, cout, k, s, pads = shape = (2, 8, 8, 32, 64, 4, 2, ((1, 1), (1, 1)))
+    x, kernel, _ = _operands(*shape)
+    y_shape = (n, 4, 4, cout)
+    floats = onednn.blocked_kernel_floats("forward", x.shape, kernel.shape, y_shape, (s, s), pads)
+    if floats == 0:
+        pytest.skip("this oneDNN reads this kernel in HWIO itself: nothing to reorder")
+    return x, kernel, y_shape, (s, s), pads, floats
+
+
 @needs_onednn
 def test_a_kernel_is_reordered_once_for_the_convolutions_that_share_it(monkeypatch):
     """Where oneDNN's kernel reads a blocked layout, one op of its own puts the kernel in it
     and XLA shares that op between the convolutions of the same kernel value (a critic on
     real and fake batches); values equal lax's and those of the per-call reorder."""
-    n, h, w, cin, cout, k, s, pads = shape = (2, 8, 8, 32, 64, 4, 2, ((1, 1), (1, 1)))
-    x, kernel, _ = _operands(*shape)
+    x, kernel, _, st, pads, floats = _blocked_forward_case()
     x2 = x[::-1] * 0.5
-    st = (s, s)
-    y_shape = (n, 4, 4, cout)
-    floats = onednn.blocked_kernel_floats("forward", x.shape, kernel.shape, y_shape, st, pads)
-    if floats == 0:
-        pytest.skip("this oneDNN reads this kernel in HWIO itself: nothing to reorder")
     assert floats >= kernel.size  # blocked: the same floats, channels padded to the block
 
     def two_batches(x, x2, w):
@@ -84,22 +90,16 @@ def test_a_kernel_is_reordered_once_for_the_convolutions_that_share_it(monkeypat
     monkeypatch.setattr(onednn, "_kernel_for", lambda op, w, *args: w)  # each call reorders
     per_call = jax.jit(two_batches)(x, x2, kernel)
     for g, p, xi in zip(got, per_call, (x, x2)):
-        _close(g, _lax_conv(xi, kernel, s, pads))
+        _close(g, _lax_conv(xi, kernel, st[0], pads))
         np.testing.assert_array_equal(np.asarray(g), np.asarray(p))
 
 
 @needs_onednn
 def test_a_blocked_kernel_of_the_wrong_size_is_refused():
-    n, h, w, cin, cout, k, s, pads = shape = (2, 8, 8, 32, 64, 4, 2, ((1, 1), (1, 1)))
-    x, kernel, _ = _operands(*shape)
-    y_shape = (n, 4, 4, cout)
-    floats = onednn.blocked_kernel_floats("forward", x.shape, kernel.shape, y_shape, (s, s), pads)
-    if floats == 0:
-        pytest.skip("this oneDNN reads this kernel in HWIO itself: nothing to reorder")
+    x, kernel, y_shape, st, pads, floats = _blocked_forward_case()
     wrong = jnp.zeros((floats + 16,), jnp.float32)
     with pytest.raises(Exception, match="blocked kernel's size is not this plan's"):
-        jax.block_until_ready(onednn._call("forward", x, wrong, y_shape, kernel.shape, (s, s),
-                                           pads))
+        jax.block_until_ready(onednn._call("forward", x, wrong, y_shape, kernel.shape, st, pads))
 
 
 def _penalty_grads(conv, x, kernel):
